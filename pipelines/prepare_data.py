@@ -1,0 +1,48 @@
+"""Convert COCO / ImageNet / Karpathy / Flickr30k from their real formats to Parquet for Ray Data.
+
+    python pipelines/prepare_data.py --coco data/shapes/coco --imagenet data/shapes/imagenet \\
+        --karpathy data/shapes/coco/dataset_coco.json --out data/parquet
+    python pipelines/prepare_data.py --coco /data/coco --imagenet /data/imagenet \\
+        --karpathy /data/karpathy/dataset_coco.json \\
+        --flickr30k /data/karpathy/dataset_flickr30k.json /data/flickr30k-images --out /data/unip2-parquet
+
+Writes OUT/<dataset>/<split>/part-*.parquet and OUT/manifest.json (see unip2.data.prepare). Needs no Ray.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from unip2.data.prepare import prepare
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--coco", help="COCO root: annotations/, train2017/, val2017/")
+    parser.add_argument("--imagenet", help="ImageNet root: train/<wnid>/, val/..., LOC_synset_mapping.txt")
+    parser.add_argument("--karpathy", help="Karpathy dataset_coco.json (caption splits train/val/test)")
+    parser.add_argument("--flickr30k", nargs=2, metavar=("FILE", "DIR"),
+                        help="Karpathy dataset_flickr30k.json and the Flickr30k image folder")
+    parser.add_argument("--flickr30k-splits", nargs="+", default=["test"], help="Flickr30k splits to convert")
+    parser.add_argument("--out", required=True, help="output folder (refused if it exists, unless --overwrite)")
+    parser.add_argument("--rows-per-shard", type=int, default=1000, help="most rows per Parquet file")
+    parser.add_argument("--workers", type=int, default=None, help="threads reading and decoding images")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    args = parser.parse_args(argv)
+    if not (args.coco or args.imagenet or args.flickr30k):
+        parser.error("give at least one of --coco, --imagenet, --flickr30k")
+    manifest = prepare(out=args.out, coco=args.coco, imagenet=args.imagenet, karpathy=args.karpathy,
+                       flickr30k=tuple(args.flickr30k) if args.flickr30k else None,
+                       flickr30k_splits=tuple(args.flickr30k_splits), rows_per_shard=args.rows_per_shard,
+                       workers=args.workers, overwrite=args.overwrite)
+    rows = {name: {split: entry["rows"] for split, entry in d["splits"].items()}
+            for name, d in manifest["datasets"].items()}
+    print(json.dumps({"out": args.out, "rows": rows, "skipped": manifest["skipped"]}, indent=2), file=sys.stderr)
+    return manifest
+
+
+if __name__ == "__main__":
+    main()

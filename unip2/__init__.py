@@ -1,0 +1,38 @@
+"""unip2: Uni-Perceiver v2, one generalist model for vision and vision-language tasks (pure PyTorch).
+
+    import unip2
+    config = unip2.preset("tiny")
+    model = unip2.build_model(config)
+    unip2.save(model, "ckpt/")
+    model = unip2.load("ckpt/")
+
+The task registry is ``unip2.tasks.TASKS``. This package never imports Ray.
+"""
+
+from __future__ import annotations
+
+from unip2.config import ModelConfig
+from unip2.presets import preset
+
+__all__ = ["ModelConfig", "build_model", "load", "preset", "save"]
+
+
+def build_model(config: ModelConfig, tokenizer=None):
+    """Build a UniPerceiverV2 from a ModelConfig (see ``unip2.persistence.build_model``)."""
+    from unip2.persistence import build_model as _build
+
+    return _build(config, tokenizer)
+
+
+def save(model, directory):
+    """Save a model as a directory of safetensors weights, config.json and tokenizer.json."""
+    from unip2.persistence import save as _save
+
+    return _save(model, directory)
+
+
+def load(directory, *, device="cpu"):
+    """Rebuild a model saved by ``save``."""
+    from unip2.persistence import load as _load
+
+    return _load(directory, device=device)

@@ -1,0 +1,224 @@
+"""The model's configuration: one dataclass per component, one documented field per hyperparameter.
+
+Only ``from_config`` constructors read these. ``unip2.config_io`` loads them from YAML / ``key=value``
+overrides and validates them; the config is saved beside the weights so a checkpoint rebuilds the model
+on its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from unip2.config_io import require
+
+
+@dataclass
+class BackboneConfig:
+    """Image backbone: any timm model that supports ``features_only=True``."""
+
+    name: str = "resnet18"
+    """timm model name (``swin_base_patch4_window7_224`` in BASE, ``swin_large_patch4_window7_224`` in LARGE)."""
+    out_indices: tuple[int, ...] = (2, 3, 4)
+    """timm feature levels fed to the region proposal network; the last one is F_L for the global tokens."""
+    pretrained_path: str | None = None
+    """Local weights file (``.safetensors``/``.pth``) for the backbone; None = random init. Never a hub name."""
+    drop_path_rate: float = 0.0
+    """Stochastic depth rate, where the timm model supports it."""
+
+    def validate(self, prefix: str = "") -> None:
+        require(len(self.out_indices) >= 1, prefix + "out_indices", "needs at least one level")
+        require(0.0 <= self.drop_path_rate < 1.0, prefix + "drop_path_rate", "must be in [0, 1)")
+
+
+@dataclass
+class ProposalConfig:
+    """Region proposal network (MaskDINO-like, foreground/background only) and its losses."""
+
+    dim: int = 256
+    """Hidden width of the deformable encoder, query decoder and mask features."""
+    num_heads: int = 8
+    """Attention heads in deformable and query self-attention."""
+    num_points: int = 4
+    """Sampling points per head and level in multi-scale deformable attention."""
+    encoder_layers: int = 6
+    """Deformable encoder layers over the multi-scale feature maps."""
+    decoder_layers: int = 6
+    """Query decoder layers (iterative box refinement; each gives deep-supervision outputs)."""
+    ffn_dim: int = 1024
+    """Feed-forward width inside encoder and decoder layers."""
+    num_queries: int = 300
+    """Proposals selected from the encoder output (query selection) and refined by the decoder."""
+    dropout: float = 0.0
+    """Dropout in encoder and decoder layers."""
+    cost_objectness: float = 2.0
+    """Hungarian matching cost weight of the objectness (focal) term."""
+    cost_box_l1: float = 5.0
+    """Matching cost weight of the L1 box distance (normalized cx, cy, w, h)."""
+    cost_giou: float = 2.0
+    """Matching cost weight of the generalized IoU."""
+    cost_mask: float = 5.0
+    """Matching cost weight of the mask BCE."""
+    cost_dice: float = 5.0
+    """Matching cost weight of the mask dice."""
+    weight_objectness: float = 2.0
+    """Loss weight of the focal objectness loss."""
+    weight_box_l1: float = 5.0
+    """Loss weight of the L1 box loss."""
+    weight_giou: float = 2.0
+    """Loss weight of the GIoU loss."""
+    weight_mask: float = 5.0
+    """Loss weight of the mask BCE loss."""
+    weight_dice: float = 5.0
+    """Loss weight of the mask dice loss."""
+    focal_alpha: float = 0.25
+    """Focal loss alpha for objectness."""
+    focal_gamma: float = 2.0
+    """Focal loss gamma for objectness."""
+    mask_loss_points: int = 12544
+    """Points sampled per mask for the mask losses (112×112 as in Mask2Former); 0 = dense masks."""
+
+    def validate(self, prefix: str = "") -> None:
+        for name in ("dim", "num_heads", "num_points", "decoder_layers", "ffn_dim", "num_queries"):
+            require(getattr(self, name) > 0, prefix + name, "must be > 0")
+        require(self.encoder_layers >= 0, prefix + "encoder_layers", "must be >= 0")
+        require(self.dim % self.num_heads == 0, prefix + "dim", "must be divisible by num_heads")
+        require(0.0 <= self.dropout < 1.0, prefix + "dropout", "must be in [0, 1)")
+        require(self.mask_loss_points >= 0, prefix + "mask_loss_points", "must be >= 0")
+
+
+@dataclass
+class TokenConfig:
+    """How images become decoder tokens (paper Eq. 2 and 3)."""
+
+    num_regional: int = 100
+    """Top-N proposals by objectness that become regional tokens."""
+    num_attention_pools: int = 4
+    """M': learned-query attention pools over the last feature map (global tokens)."""
+    mask_pool_size: int = 28
+    """Mask logits are adaptively pooled to this square size before the mask embedding M."""
+    use_global: bool = True
+    """Feed global tokens (attention pools + flattened F_L) to the decoder where a task uses them."""
+    use_regional: bool = True
+    """Feed regional tokens to the decoder where a task uses them."""
+
+    def validate(self, prefix: str = "") -> None:
+        require(self.num_regional > 0, prefix + "num_regional", "must be > 0")
+        require(self.num_attention_pools > 0, prefix + "num_attention_pools", "must be > 0")
+        require(self.mask_pool_size > 0, prefix + "mask_pool_size", "must be > 0")
+        require(self.use_global or self.use_regional, prefix + "use_global",
+                "at least one of use_global / use_regional must be true")
+
+
+@dataclass
+class TextConfig:
+    """RoBERTa-style text encoder (built from a transformers config, random init) and its tokenizer."""
+
+    vocab_size: int = 50265
+    """Embedding rows; must be >= the tokenizer's vocabulary size."""
+    hidden_size: int = 768
+    """Text encoder width."""
+    num_layers: int = 12
+    """Text encoder layers."""
+    num_heads: int = 12
+    """Text encoder attention heads."""
+    intermediate_size: int = 3072
+    """Text encoder feed-forward width."""
+    max_length: int = 64
+    """Longest tokenized text (captions are truncated to it, special tokens included)."""
+    pretrained_path: str | None = None
+    """Local directory of a pretrained RoBERTa-style model (transformers format); None = random init."""
+    tokenizer_path: str | None = None
+    """A ``tokenizers`` JSON file; None = the byte-level BPE tokenizer shipped with unip2."""
+
+    def validate(self, prefix: str = "") -> None:
+        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size"):
+            require(getattr(self, name) > 0, prefix + name, "must be > 0")
+        require(self.max_length >= 4, prefix + "max_length", "must be >= 4")
+        require(self.hidden_size % self.num_heads == 0, prefix + "hidden_size",
+                "must be divisible by num_heads")
+
+
+@dataclass
+class DecoderConfig:
+    """The shared task-agnostic Transformer g with conditional MoE and cosine scoring."""
+
+    width: int = 768
+    """Decoder width (BERT-base in BASE and LARGE)."""
+    num_layers: int = 6
+    """Pre-LN Transformer layers."""
+    num_heads: int = 12
+    """Self-attention heads."""
+    ffn_dim: int = 3072
+    """Feed-forward width of each expert."""
+    num_experts: int = 8
+    """Experts per FFN (conditional MoE routed by token attributes); 1 = a plain FFN."""
+    top_k: int = 2
+    """Experts merged per attribute vector."""
+    use_moe: bool = True
+    """Route FFNs through attribute-gated experts; False = one dense FFN (ablation)."""
+    dropout: float = 0.0
+    """Dropout in attention and FFN."""
+    temperature_init: float = 0.07
+    """Initial softmax temperature τ of cosine scores, one learnable τ per task family."""
+    logit_scale_max: float = 100.0
+    """Upper bound of 1/τ."""
+
+    def validate(self, prefix: str = "") -> None:
+        for name in ("width", "num_layers", "num_heads", "ffn_dim", "num_experts"):
+            require(getattr(self, name) > 0, prefix + name, "must be > 0")
+        require(self.width % self.num_heads == 0, prefix + "width", "must be divisible by num_heads")
+        require(1 <= self.top_k <= self.num_experts, prefix + "top_k", "must be in [1, num_experts]")
+        require(self.temperature_init > 0, prefix + "temperature_init", "must be > 0")
+        require(self.logit_scale_max > 1, prefix + "logit_scale_max", "must be > 1")
+
+
+@dataclass
+class TaskOptions:
+    """Per-task loss and inference options of the model (not the training schedule)."""
+
+    classification_label_smoothing: float = 0.1
+    """Label smoothing of the classification cross-entropy."""
+    caption_label_smoothing: float = 0.1
+    """Label smoothing of the captioning cross-entropy over the vocabulary."""
+    caption_max_length: int = 32
+    """Longest generated caption, in tokens."""
+    caption_beam_size: int = 1
+    """Default beam size for caption decoding (1 = greedy)."""
+    detection_max_per_image: int = 100
+    """Detections kept per image after scoring (objectness × class probability)."""
+    detection_category_weight: float = 2.0
+    """Loss weight of the category cross-entropy on matched proposals (beside the RPN's weights)."""
+
+    def validate(self, prefix: str = "") -> None:
+        require(0 <= self.classification_label_smoothing < 1, prefix + "classification_label_smoothing",
+                "must be in [0, 1)")
+        require(0 <= self.caption_label_smoothing < 1, prefix + "caption_label_smoothing", "must be in [0, 1)")
+        require(self.caption_max_length >= 2, prefix + "caption_max_length", "must be >= 2")
+        require(self.caption_beam_size >= 1, prefix + "caption_beam_size", "must be >= 1")
+        require(self.detection_max_per_image >= 1, prefix + "detection_max_per_image", "must be >= 1")
+        require(self.detection_category_weight >= 0, prefix + "detection_category_weight", "must be >= 0")
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild a unip2 model (saved as ``config.json`` beside the weights)."""
+
+    preset: str = "custom"
+    """Name of the preset this config started from (informational)."""
+    image_size: int = 224
+    """Default square input size (images are resized/padded to it by the task preprocessors)."""
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    proposals: ProposalConfig = field(default_factory=ProposalConfig)
+    tokens: TokenConfig = field(default_factory=TokenConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    tasks: TaskOptions = field(default_factory=TaskOptions)
+    class_names: dict[str, list[str]] = field(default_factory=dict)
+    """Default candidate names per label space (``"imagenet"``, ``"coco"``), from the data manifest."""
+
+    def validate(self, prefix: str = "") -> None:
+        require(self.image_size >= 32, prefix + "image_size", "must be >= 32")
+        require(self.image_size % 32 == 0, prefix + "image_size", "must be a multiple of 32")
+        for space, names in self.class_names.items():
+            require(len(names) > 0, f"{prefix}class_names.{space}", "must not be empty")
+            require(len(set(names)) == len(names), f"{prefix}class_names.{space}", "names must be unique")

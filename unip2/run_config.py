@@ -1,0 +1,225 @@
+"""Configuration of a training run: model, tasks (ω_k, s_k, batch sizes), data, optimizer, schedule, scale.
+
+Loaded by ``load_run_config`` from YAML + ``key=value`` overrides. ``model.preset`` picks the starting
+model config; the rest of ``model`` overrides its fields. Saved with every checkpoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import yaml
+
+from unip2 import config_io
+from unip2.config import ModelConfig
+from unip2.config_io import ConfigError, require
+from unip2.presets import preset
+
+
+@dataclass
+class TaskRunConfig:
+    """How one task takes part in multi-task training."""
+
+    batch_size: int = 16
+    """Per-worker batch size of this task (unmixed sampling lets every task have its own)."""
+    omega: float = 1.0
+    """ω_k: weight of the task's normalized gradient (MT-AdamW)."""
+    sampling_weight: float = 1.0
+    """Unnormalized s_k: how often the task is drawn; normalized over the run's tasks."""
+    image_size: int | None = None
+    """Input size for this task; None = model.image_size."""
+    eval_batch_size: int = 32
+    """Batch size at evaluation."""
+
+    def validate(self, prefix: str = "") -> None:
+        require(self.batch_size > 0, prefix + "batch_size", "must be > 0")
+        require(self.omega > 0, prefix + "omega", "must be > 0")
+        require(self.sampling_weight > 0, prefix + "sampling_weight", "must be > 0")
+        require(self.image_size is None or (self.image_size >= 32 and self.image_size % 32 == 0),
+                prefix + "image_size", "must be a multiple of 32, >= 32")
+        require(self.eval_batch_size > 0, prefix + "eval_batch_size", "must be > 0")
+
+
+@dataclass
+class DataConfig:
+    """Where the data comes from and how it is streamed."""
+
+    root: str | None = None
+    """Folder written by ``pipelines/prepare_data.py`` (holds manifest.json); None = the embedded default."""
+    cache_dir: str = ".cache/unip2"
+    """Where the embedded default is generated and converted when ``root`` is None."""
+    synthetic_seed: int = 0
+    """Seed of the embedded default dataset."""
+    shuffle_window: int = 4096
+    """Rows are shuffled within windows of this many rows (whole Parquet shards), for read locality."""
+    loader_concurrency: int = 1
+    """Ray Data decode/augment tasks running at once per training worker."""
+    loader_cpus: float = 0.5
+    """CPUs reserved per decode/augment task."""
+    prefetch_steps: int = 4
+    """Step batches decoded ahead of the training step, per worker."""
+    max_text_length: int = 32
+    """Longest tokenized caption in training, special tokens included."""
+
+    def validate(self, prefix: str = "") -> None:
+        require(self.shuffle_window > 0, prefix + "shuffle_window", "must be > 0")
+        require(self.loader_concurrency > 0, prefix + "loader_concurrency", "must be > 0")
+        require(self.loader_cpus > 0, prefix + "loader_cpus", "must be > 0")
+        require(self.prefetch_steps >= 1, prefix + "prefetch_steps", "must be >= 1")
+        require(self.max_text_length >= 4, prefix + "max_text_length", "must be >= 4")
+
+
+@dataclass
+class OptimConfig:
+    """MT-AdamW (or plain AdamW for the ablation) and the learning-rate schedule."""
+
+    name: Literal["mt_adamw", "adamw"] = "mt_adamw"
+    """``mt_adamw``: task-balanced gradient normalization; ``adamw``: the ablation without it."""
+    lr: float = 1e-3
+    """Peak learning rate."""
+    backbone_lr_scale: float = 1.0
+    """Learning-rate multiplier of the image backbone (lower it for pretrained backbones)."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """Adam β1, β2 (torch convention: weight of the old moment)."""
+    eps: float = 1e-8
+    """Adam ε."""
+    weight_decay: float = 0.05
+    """Decoupled weight decay (not on norms, biases, embeddings, temperatures, queries)."""
+    warmup_steps: int = 100
+    """Linear warm-up steps."""
+    min_lr_ratio: float = 0.05
+    """Cosine decay ends at lr × min_lr_ratio."""
+
+    def validate(self, prefix: str = "") -> None:
+        require(self.lr > 0, prefix + "lr", "must be > 0")
+        require(self.backbone_lr_scale >= 0, prefix + "backbone_lr_scale", "must be >= 0")
+        require(all(0 <= b < 1 for b in self.betas), prefix + "betas", "must be in [0, 1)")
+        require(self.eps > 0, prefix + "eps", "must be > 0")
+        require(self.weight_decay >= 0, prefix + "weight_decay", "must be >= 0")
+        require(self.warmup_steps >= 0, prefix + "warmup_steps", "must be >= 0")
+        require(0 <= self.min_lr_ratio <= 1, prefix + "min_lr_ratio", "must be in [0, 1]")
+
+
+@dataclass
+class TrainingConfig:
+    """The training schedule and the multi-task method."""
+
+    steps: int = 1500
+    """Optimizer steps (each step: one task for all workers in unmixed mode)."""
+    seed: int = 0
+    """Seed of the model init, task sequence and data order."""
+    sampling: Literal["unmixed", "mixed"] = "unmixed"
+    """``unmixed``: one task per step for all workers (the paper); ``mixed``: each worker draws its own."""
+    gather_retrieval: bool = True
+    """Retrieval negatives from all workers (all-gather) instead of the local batch only."""
+    log_every: int = 25
+    """Steps between progress lines and metric reports."""
+    checkpoint_every: int = 250
+    """Steps between checkpoints (and always at the end)."""
+    max_bad_steps: int = 5
+    """Consecutive non-finite losses after which the run stops."""
+    bf16: bool = True
+    """bf16 autocast when training on GPUs (ignored on CPUs)."""
+
+    def validate(self, prefix: str = "") -> None:
+        require(self.steps > 0, prefix + "steps", "must be > 0")
+        require(self.log_every > 0, prefix + "log_every", "must be > 0")
+        require(self.checkpoint_every > 0, prefix + "checkpoint_every", "must be > 0")
+        require(self.max_bad_steps > 0, prefix + "max_bad_steps", "must be > 0")
+
+
+@dataclass
+class ScaleConfig:
+    """Ray cluster resources of the run."""
+
+    num_workers: int = 2
+    """Training workers (one per GPU on a cluster)."""
+    cpus_per_worker: float = 0.5
+    """CPUs reserved per training worker; fractional on small machines so Ray Data keeps CPUs."""
+    use_gpu: bool | None = None
+    """Train on GPUs; None = whenever the cluster has them."""
+    threads_per_worker: int = 1
+    """torch intra-op threads per CPU worker."""
+    max_failures: int = 1
+    """Worker-group restarts (from the last checkpoint) before the run fails."""
+    address: str | None = None
+    """Ray cluster address; None = RAY_ADDRESS or a new local Ray."""
+    storage_path: str | None = None
+    """Shared path or cloud URI for Ray Train's run storage; None = ``<out>/ray``."""
+
+    def validate(self, prefix: str = "") -> None:
+        require(self.num_workers > 0, prefix + "num_workers", "must be > 0")
+        require(self.cpus_per_worker > 0, prefix + "cpus_per_worker", "must be > 0")
+        require(self.threads_per_worker > 0, prefix + "threads_per_worker", "must be > 0")
+        require(self.max_failures >= 0, prefix + "max_failures", "must be >= 0")
+
+
+def default_tasks() -> dict[str, TaskRunConfig]:
+    from unip2.tasks import TASKS
+
+    return {name: TaskRunConfig() for name in TASKS}
+
+
+@dataclass
+class RunConfig:
+    """A whole training run."""
+
+    model: ModelConfig = field(default_factory=lambda: preset("tiny"))
+    tasks: dict[str, TaskRunConfig] = field(default_factory=default_tasks)
+    """Tasks trained together, by registry name."""
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainingConfig = field(default_factory=TrainingConfig)
+    scale: ScaleConfig = field(default_factory=ScaleConfig)
+    out: str | None = None
+    """Run folder; None = ``runs/<timestamp>``."""
+
+    def validate(self, prefix: str = "") -> None:
+        from unip2.tasks import TASKS
+
+        require(len(self.tasks) > 0, prefix + "tasks", "at least one task is needed")
+        for name, task in self.tasks.items():
+            require(name in TASKS, f"{prefix}tasks.{name}", f"unknown task; registered: {', '.join(TASKS)}")
+            task.validate(f"{prefix}tasks.{name}.")
+
+    def sampling_ratios(self) -> dict[str, float]:
+        """Normalized s_k over the run's tasks."""
+        total = sum(t.sampling_weight for t in self.tasks.values())
+        return {name: t.sampling_weight / total for name, t in self.tasks.items()}
+
+    def image_size(self, task: str) -> int:
+        return self.tasks[task].image_size or self.model.image_size
+
+
+def load_run_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Defaults ← YAML file ← ``key=value`` overrides; ``model.preset`` picks the starting model config.
+
+    A ``tasks`` mapping in the file replaces the default task set (all registered tasks); overrides
+    only change fields.
+    """
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(str(path), "a config file must hold a mapping")
+    tasks = data.get("tasks")
+    if tasks is not None and not isinstance(tasks, dict):
+        raise ConfigError("tasks", "must be a mapping of task name to settings")
+    preset_name = config_io.apply_overrides(data, list(overrides or [])).get("model", {}).get("preset", "tiny")
+    try:
+        base_model = preset(preset_name)
+    except ValueError as err:
+        raise ConfigError("model.preset", str(err)) from None
+    base = RunConfig(model=base_model, tasks={} if tasks is not None else default_tasks())
+    merged = config_io.merge(config_io.to_dict(base), data)
+    for name, settings in (tasks or {}).items():  # a task listed without settings takes the defaults
+        merged["tasks"][name] = config_io.to_dict(TaskRunConfig()) | (settings or {})
+    merged = config_io.apply_overrides(merged, list(overrides or []))
+    config = config_io.from_dict(RunConfig, merged)
+    config_io.validate(config)
+    return config

@@ -1,0 +1,92 @@
+"""The deterministic training plan: which task every worker trains at each step, and which rows it reads.
+
+Everything is a pure function of (seed, step, rank), so a resumed run repeats no step, skips none, and
+draws the same task sequence and the same rows as an uninterrupted run — with no sampler state to save.
+
+* **unmixed** (the paper): one task k ~ Categorical(s) per step, the same on every rank.
+* **mixed** (Uni-Perceiver v1, for the ablation): each rank draws its own task.
+
+Data order: task k's rows form one endless stream; rank r reads stream positions r, r+W, r+2W, ...
+(so ranks never overlap, also in mixed mode). Position g lies in epoch g // N at offset g % N of that
+epoch's permutation. A permutation shuffles whole windows of ``window`` consecutive rows and the rows
+inside each window, so a reader touches only a few Parquet shards at a time.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+
+class TrainingPlan:
+    """Task and row schedule of a run.
+
+    tasks: task names in a fixed order; ratios: normalized s_k (same order); batch_sizes: per-worker
+    batch of each task; num_rows: rows in each task's training split.
+    """
+
+    def __init__(self, *, tasks: list[str], ratios: list[float], batch_sizes: dict[str, int],
+                 num_rows: dict[str, int], num_workers: int, total_steps: int, seed: int,
+                 mode: str = "unmixed", window: int = 4096):
+        if mode not in ("unmixed", "mixed"):
+            raise ValueError(f"train.sampling must be 'unmixed' or 'mixed', got {mode!r}")
+        if not np.isclose(sum(ratios), 1.0):
+            raise ValueError(f"sampling ratios must sum to 1, got {ratios}")
+        for task in tasks:
+            if num_rows.get(task, 0) <= 0:
+                raise ValueError(f"tasks.{task}: the task has no training data")
+        self.tasks, self.ratios = list(tasks), np.asarray(ratios, dtype=np.float64)
+        self.batch_sizes, self.num_rows = dict(batch_sizes), dict(num_rows)
+        self.num_workers, self.total_steps, self.seed = num_workers, total_steps, seed
+        self.mode, self.window = mode, window
+        ranks = 1 if mode == "unmixed" else num_workers
+        # task_index[r, t]: the task rank r trains at step t (row 0 serves every rank when unmixed).
+        self._task_index = np.stack([
+            np.random.default_rng([seed, 7919, r]).choice(len(tasks), size=total_steps, p=self.ratios)
+            for r in range(ranks)])
+        # draws_before[r, t]: how many earlier steps of rank r drew the same task as step t.
+        self._draws_before = np.zeros_like(self._task_index)
+        for r in range(ranks):
+            for k in range(len(tasks)):
+                hits = self._task_index[r] == k
+                self._draws_before[r, hits] = np.arange(hits.sum())
+
+    def _row(self, rank: int) -> int:
+        return 0 if self.mode == "unmixed" else rank
+
+    def task_at(self, step: int, rank: int = 0) -> str:
+        return self.tasks[self._task_index[self._row(rank), step]]
+
+    def rows_at(self, step: int, rank: int) -> tuple[str, np.ndarray]:
+        """(task, row ids of that task's training split) that ``rank`` reads at ``step``."""
+        row = self._row(rank)
+        task = self.tasks[self._task_index[row, step]]
+        batch = self.batch_sizes[task]
+        first = int(self._draws_before[row, step]) * batch
+        positions = (np.arange(first, first + batch, dtype=np.int64) * self.num_workers) + rank
+        n = self.num_rows[task]
+        epochs, offsets = positions // n, positions % n
+        rows = np.empty_like(positions)
+        for epoch in np.unique(epochs):
+            hit = epochs == epoch
+            rows[hit] = self.permutation(task, int(epoch))[offsets[hit]]
+        return task, rows
+
+    def task_counts(self, rank: int = 0, steps: int | None = None) -> dict[str, int]:
+        drawn = self._task_index[self._row(rank), :steps]
+        return {task: int((drawn == k).sum()) for k, task in enumerate(self.tasks)}
+
+    def permutation(self, task: str, epoch: int) -> np.ndarray:
+        return _windowed_permutation(self.num_rows[task], self.window, self.seed, self.tasks.index(task), epoch)
+
+
+@lru_cache(maxsize=32)
+def _windowed_permutation(n: int, window: int, seed: int, task_index: int, epoch: int) -> np.ndarray:
+    """A permutation of range(n): windows of ``window`` rows in shuffled order, rows shuffled inside."""
+    rng = np.random.default_rng([seed, 104729, task_index, epoch])
+    starts = np.arange(0, n, window)
+    parts = [start + rng.permutation(min(window, n - start)) for start in rng.permutation(starts)]
+    permutation = np.concatenate(parts)
+    permutation.setflags(write=False)
+    return permutation
