@@ -16,7 +16,7 @@ from unip2.config_io import require
 class BackboneConfig:
     """Image backbone: any timm model that supports ``features_only=True``."""
 
-    name: str = "resnet18"
+    name: str = "convnext_atto"
     """timm model name (``swin_base_patch4_window7_224`` in BASE, ``swin_large_patch4_window7_224`` in LARGE)."""
     out_indices: tuple[int, ...] = (2, 3, 4)
     """timm feature levels fed to the region proposal network; the last one is F_L for the global tokens."""
@@ -125,6 +125,8 @@ class TextConfig:
     """Text encoder feed-forward width."""
     max_length: int = 64
     """Longest tokenized text (captions are truncated to it, special tokens included)."""
+    dropout: float = 0.1
+    """Dropout of the randomly initialized text encoder (a pretrained one keeps its own)."""
     pretrained_path: str | None = None
     """Local directory of a pretrained RoBERTa-style model (transformers format); None = random init."""
     tokenizer_path: str | None = None
@@ -134,6 +136,7 @@ class TextConfig:
         for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size"):
             require(getattr(self, name) > 0, prefix + name, "must be > 0")
         require(self.max_length >= 4, prefix + "max_length", "must be >= 4")
+        require(0.0 <= self.dropout < 1.0, prefix + "dropout", "must be in [0, 1)")
         require(self.hidden_size % self.num_heads == 0, prefix + "hidden_size",
                 "must be divisible by num_heads")
 

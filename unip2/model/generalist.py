@@ -1,0 +1,162 @@
+"""The generalist model: image encoder + text encoder + one shared decoder g that scores candidates.
+
+Every task builds a token sequence from the encoders' outputs, runs it through g, and scores the
+result against candidate representations with ``score`` (cosine / τ per task family). The tasks in
+``unip2.tasks`` hold the task-specific glue; this module holds only the shared parts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from unip2.config import ModelConfig
+from unip2.model.backbone import Backbone
+from unip2.model.decoder import UnifiedDecoder
+from unip2.model.image_tokens import GlobalTokens, RegionalTokens
+from unip2.model.moe import ATTRIBUTES, attribute_vector
+from unip2.model.proposals import RegionProposalNetwork
+from unip2.model.similarity import CosineScorer
+from unip2.model.text_encoder import TextEncoder
+from unip2.model.tokenizer import TextTokenizer
+
+# Task families share a temperature: category names (classification, detection, segmentation),
+# vocabulary words (captioning) and sentences vs images (retrieval).
+SCORE_FAMILIES = ("category", "vocabulary", "retrieval")
+
+# ImageNet statistics; the embedded data uses them too so a user's pretrained backbone just works.
+PIXEL_MEAN = (0.485, 0.456, 0.406)
+PIXEL_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class ImageEncoding:
+    """What the image encoder gives every task.
+
+    proposals: the RPN's output dict (``query_features`` B×Q×C, ``boxes`` B×Q×4, ``objectness`` B×Q,
+        ``masks`` B×Q×Hm×Wm, ``aux_outputs``, ``enc_outputs``).
+    regional: B×Q×D regional tokens of every proposal.
+    top_index: B×N indices of the N most object-like proposals (the regional tokens given to
+        image-level tasks).
+    global_tokens: B×G×D, or None when the config turns global tokens off.
+    """
+
+    proposals: dict
+    regional: torch.Tensor
+    top_index: torch.Tensor
+    global_tokens: torch.Tensor | None
+
+
+class UniPerceiverV2(nn.Module):
+    """Shared encoders, decoder and scorer of Uni-Perceiver v2."""
+
+    def __init__(self, *, config: ModelConfig, tokenizer: TextTokenizer):
+        super().__init__()
+        if tokenizer.vocab_size > config.text.vocab_size:
+            raise ValueError(f"text.vocab_size: {config.text.vocab_size} is smaller than the tokenizer's "
+                             f"vocabulary ({tokenizer.vocab_size})")
+        self.config = config
+        self.tokenizer = tokenizer
+        width = config.decoder.width
+        self.backbone = Backbone.from_config(config.backbone, config.image_size)
+        self.proposals = RegionProposalNetwork.from_config(config.proposals, self.backbone.channels)
+        self.regional_tokens = RegionalTokens(in_dim=config.proposals.dim, width=width,
+                                              mask_pool_size=config.tokens.mask_pool_size)
+        self.global_tokens = GlobalTokens(in_channels=self.backbone.channels[-1], width=width,
+                                          num_pools=config.tokens.num_attention_pools,
+                                          num_heads=config.decoder.num_heads)
+        self.text_encoder = TextEncoder.from_config(config.text, width, tokenizer)
+        # Which stream a token came from; the MoE gate sees it too, through the attributes.
+        self.token_type = nn.Embedding(3, width)  # 0 regional, 1 global, 2 text
+        nn.init.normal_(self.token_type.weight, std=0.02)  # N(0, 1) would drown the features it tags
+        self.decoder = UnifiedDecoder.from_config(config.decoder)
+        self.scorer = CosineScorer.from_config(config.decoder, SCORE_FAMILIES)
+        self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(1, 3, 1, 1), persistent=False)
+
+    @classmethod
+    def from_config(cls, config: ModelConfig, tokenizer: TextTokenizer | None = None) -> "UniPerceiverV2":
+        tokenizer = tokenizer or TextTokenizer.from_file(config.text.tokenizer_path)
+        return cls(config=config, tokenizer=tokenizer)
+
+    # ----------------------------------------------------------------------------------- encoders
+    def encode_image(self, images: torch.Tensor, *, need_global: bool = True) -> ImageEncoding:
+        """images: B×3×S×S uint8 or float in [0, 1], S divisible by 32."""
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be B×3×H×W, got {tuple(images.shape)}")
+        if images.shape[-1] % 32 or images.shape[-2] % 32:
+            raise ValueError(f"image height and width must be multiples of 32, got {tuple(images.shape[-2:])}")
+        if images.dtype == torch.uint8:
+            images = images.float() / 255.0
+        images = (images - self.pixel_mean) / self.pixel_std
+        features = self.backbone(images)
+        proposals = self.proposals(features)
+        regional = self.regional_tokens(proposals["query_features"], proposals["boxes"], proposals["masks"])
+        regional = regional + self.token_type.weight[0]
+        count = min(self.config.tokens.num_regional, regional.shape[1])
+        top_index = proposals["objectness"].detach().topk(count, dim=1).indices  # B×N
+        global_tokens = None
+        if need_global and self.config.tokens.use_global:
+            global_tokens = self.global_tokens(features[-1]) + self.token_type.weight[1]
+        return ImageEncoding(proposals, regional, top_index, global_tokens)
+
+    def image_sequence(self, encoding: ImageEncoding, **task_flags: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokens of an image for image-level tasks → (B×T×D tokens, B×T×A attributes).
+
+        Top-N regional tokens and/or global tokens, as the config allows; ``task_flags`` are the
+        task-level attributes (e.g. ``input_image=True, target_text=True``).
+        """
+        parts, attributes = [], []
+        if self.config.tokens.use_regional:
+            top = torch.gather(encoding.regional, 1,
+                               encoding.top_index.unsqueeze(-1).expand(-1, -1, encoding.regional.shape[-1]))
+            parts.append(top)
+            attributes.append(self.attributes(top, token_image=True, token_regional=True, **task_flags))
+        if encoding.global_tokens is not None:
+            parts.append(encoding.global_tokens)
+            attributes.append(self.attributes(encoding.global_tokens, token_image=True, token_global=True,
+                                              **task_flags))
+        return torch.cat(parts, dim=1), torch.cat(attributes, dim=1)
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
+                    causal: bool = False) -> torch.Tensor:
+        """input_ids, attention_mask: B×L → B×L×D text tokens for the decoder."""
+        return self.text_encoder(input_ids, attention_mask, causal=causal) + self.token_type.weight[2]
+
+    # ------------------------------------------------------------------------------ shared decoder
+    def attributes(self, tokens: torch.Tensor, **flags: bool) -> torch.Tensor:
+        """The attribute vector of ``flags`` broadcast to every token: B×T×D → B×T×A."""
+        vector = attribute_vector(**flags).to(device=tokens.device, dtype=tokens.dtype)
+        return vector.expand(*tokens.shape[:-1], len(ATTRIBUTES))
+
+    def decode(self, tokens: torch.Tensor, attributes: torch.Tensor, *,
+               padding_mask: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None) -> dict:
+        """The shared decoder g → ``{"spe": B×D, "tokens": B×T×D}``."""
+        return self.decoder(tokens, attributes, padding_mask=padding_mask, attention_mask=attention_mask,
+                            spe_attributes=attributes[:, 0])
+
+    def encode_texts(self, texts: list[str], **task_flags: bool) -> torch.Tensor:
+        """Whole sentences or names → their <SPE> representations (len(texts)×D)."""
+        device = self.pixel_mean.device
+        ids, mask = self.tokenizer.encode_batch(texts, self.config.text.max_length)
+        ids = torch.as_tensor(ids, device=device)
+        mask = torch.as_tensor(mask, device=device)
+        tokens = self.encode_text(ids, mask)
+        attributes = self.attributes(tokens, token_text=True, **task_flags)
+        return self.decode(tokens, attributes, padding_mask=mask == 0)["spe"]
+
+    def encode_vocabulary(self, **task_flags: bool) -> torch.Tensor:
+        """Every vocabulary token as its own one-token text → V×D candidates for captioning."""
+        device = self.pixel_mean.device
+        vocab = self.tokenizer.vocab_size
+        ids = torch.arange(vocab, device=device).unsqueeze(1)  # V×1
+        mask = torch.ones_like(ids)
+        tokens = self.encode_text(ids, mask)
+        attributes = self.attributes(tokens, token_text=True, **task_flags)
+        return self.decode(tokens, attributes)["spe"]
+
+    def score(self, queries: torch.Tensor, candidates: torch.Tensor, family: str) -> torch.Tensor:
+        """cos(queries, candidates) / τ_family: ...×D, M×D → ...×M."""
+        return self.scorer(queries, candidates, family)

@@ -1,0 +1,56 @@
+"""Save and load a model as a directory: ``model.safetensors``, ``config.json``, ``tokenizer.json``.
+
+The directory alone rebuilds the model: no pickle is ever loaded, no other input is needed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_model, save_model
+
+from unip2 import config_io
+from unip2.config import ModelConfig
+from unip2.model.generalist import UniPerceiverV2
+from unip2.model.tokenizer import TextTokenizer
+
+WEIGHTS, CONFIG, TOKENIZER = "model.safetensors", "config.json", "tokenizer.json"
+
+
+def build_model(config: ModelConfig, tokenizer: TextTokenizer | None = None) -> UniPerceiverV2:
+    """A model from a (validated) config; the tokenizer defaults to ``config.text.tokenizer_path``."""
+    config_io.validate(config)
+    return UniPerceiverV2.from_config(config, tokenizer)
+
+
+def save(model: UniPerceiverV2, directory: str | Path) -> Path:
+    """Write weights, config and tokenizer into ``directory`` (created if needed)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_model(model, str(directory / WEIGHTS))
+    config_io.save(model.config, directory / CONFIG)
+    (directory / TOKENIZER).write_text(model.tokenizer.to_json())
+    return directory
+
+
+def load(directory: str | Path, *, device: str | torch.device = "cpu") -> UniPerceiverV2:
+    """Rebuild a saved model. A missing folder or file is refused with its path named."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"checkpoint folder not found: {directory}")
+    missing = [name for name in (WEIGHTS, CONFIG, TOKENIZER) if not (directory / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"checkpoint folder {directory} is incomplete: missing {', '.join(missing)}")
+    config = config_io.load(ModelConfig, directory / CONFIG)
+    # The weights file already holds any pretrained weights: do not read the original files again.
+    config = dataclasses.replace(
+        config,
+        backbone=dataclasses.replace(config.backbone, pretrained_path=None),
+        text=dataclasses.replace(config.text, pretrained_path=None, tokenizer_path=None),
+    )
+    tokenizer = TextTokenizer.from_json((directory / TOKENIZER).read_text())
+    model = UniPerceiverV2.from_config(config, tokenizer)
+    load_model(model, str(directory / WEIGHTS), device=str(device))
+    return model.to(device)
