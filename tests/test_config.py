@@ -42,3 +42,9 @@ def test_unknown_preset_and_missing_file(tmp_path):
         preset("huge")
     with pytest.raises(FileNotFoundError, match="nope.yaml"):
         config_io.load(ModelConfig, tmp_path / "nope.yaml")
+
+
+def test_exponent_floats_without_a_dot_are_numbers():
+    from unip2.run_config import load_run_config
+
+    assert load_run_config(overrides=["optim.lr=1e-4"]).optim.lr == 1e-4

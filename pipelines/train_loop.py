@@ -1,0 +1,175 @@
+"""``train_loop_per_worker``: setup → resume → loop → report, the same on 2 CPU workers and 64 GPUs.
+
+Every step all workers train one task (unmixed) drawn by the shared plan; DDP averages the gradients;
+MT-AdamW normalizes them (g = ω_k ∇L_k / ‖∇L_k‖) and updates the moments with β/s_k. In the ``mixed``
+ablation each worker normalizes its own task's gradient before the average (``normalize=False`` step).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import ray.train
+import ray.train.torch
+import torch
+
+import unip2
+from pipelines.step_stream import stream_steps
+from pipelines.train_checkpoint import load_checkpoint, save_checkpoint
+from unip2 import config_io
+from unip2.distributed import gather_with_grad, normalize_and_average_gradients
+from unip2.model.tokenizer import TextTokenizer
+from unip2.optim import global_grad_norm
+from unip2.run_config import RunConfig
+from unip2.tasks import TASKS
+from unip2.tasks.base import local_gather
+from unip2.training_setup import TaskLoss, build_optimizer, learning_rate, set_learning_rate
+
+# Test-only hooks, read from the driver's environment (so no config field exists for them):
+FAIL_AT_STEP = "UNIP2_TEST_FAIL_AT_STEP"  # raise once at this step, to test resume after a failure
+FAIL_MARKER = "UNIP2_TEST_FAIL_MARKER"    # file created when the failure fired (so it fires once)
+TRACE_DIR = "UNIP2_TEST_TRACE_DIR"        # each rank appends "step task first-image-id" lines here
+TEST_HOOKS = (FAIL_AT_STEP, FAIL_MARKER, TRACE_DIR)
+
+
+def train_loop_per_worker(loop_config: dict) -> None:
+    # ------------------------------------------------------------------------------------- setup
+    run = config_io.from_dict(RunConfig, loop_config["run"])
+    spec = loop_config["stream"]
+    hooks = loop_config.get("test_hooks", {})
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    on_gpu = device.type == "cuda"
+    if not on_gpu:
+        torch.set_num_threads(run.scale.threads_per_worker)
+    torch.manual_seed(run.train.seed)  # the same initial weights on every rank
+    model = unip2.build_model(run.model, TextTokenizer.from_json(spec["tokenizer_json"])).to(device)
+    optimizer = build_optimizer(model, name=run.optim.name, lr=run.optim.lr, betas=run.optim.betas,
+                                eps=run.optim.eps, weight_decay=run.optim.weight_decay,
+                                backbone_lr_scale=run.optim.backbone_lr_scale)
+    state = {"step": 0, "bad_steps": 0, "nonfinite_steps": 0, "history": [], "skipped_images": {},
+             "train_seconds": 0.0}
+
+    # ------------------------------------------------------------------------------------ resume
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            state = load_checkpoint(directory, model=model, optimizer=optimizer)
+        if rank == 0:
+            print(f"[train] resumed at step {state['step']} from {checkpoint.path}", flush=True)
+    wrapped = ray.train.torch.prepare_model(
+        TaskLoss(model), parallel_strategy_kwargs={"find_unused_parameters": True})
+    ratios = run.sampling_ratios()
+    gather = gather_with_grad if (run.train.gather_retrieval and run.train.sampling == "unmixed") else None
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if on_gpu and run.train.bf16
+                else contextlib.nullcontext())
+
+    # -------------------------------------------------------------------------------------- loop
+    total = run.train.steps
+    window_losses: dict[str, list[float]] = defaultdict(list)
+    skipped = Counter(state["skipped_images"])
+    started, window_start, window_steps = time.time(), time.time(), 0
+    stream = stream_steps(spec, rank=rank, start=state["step"], concurrency=run.data.loader_concurrency,
+                          num_cpus=run.data.loader_cpus, prefetch=run.data.prefetch_steps)
+    for step, task_name, np_batch, bad_rows in stream:
+        _maybe_fail(step, hooks)
+        skipped.update(bad_rows)
+        if np_batch is None:
+            raise RuntimeError(f"step {step}: every row of the {task_name} batch was unreadable")
+        task = TASKS[task_name]
+        batch = task.collate(np_batch, device)
+        _trace(rank, step, task_name, batch, hooks)
+        set_learning_rate(optimizer, learning_rate(step, total_steps=total, peak=run.optim.lr,
+                                                   warmup_steps=run.optim.warmup_steps,
+                                                   min_ratio=run.optim.min_lr_ratio))
+        optimizer.zero_grad(set_to_none=True)
+        mixed = run.train.sampling == "mixed" and world_size > 1
+        with wrapped.no_sync() if mixed else contextlib.nullcontext():  # forward and backward together
+            with autocast:
+                loss, _ = wrapped(task_name, batch, gather=gather or local_gather)
+            loss.backward()
+        omega, s = run.tasks[task_name].omega, ratios[task_name]
+        if mixed:  # each worker normalizes its own task, then the average is applied as is
+            normalize_and_average_gradients(list(model.parameters()), omega)
+        # The reduced gradient is identical on every rank, so every rank takes the same decision.
+        finite = bool(torch.isfinite(global_grad_norm(list(model.parameters()))))
+        if finite:
+            _optimizer_step(optimizer, run.optim.name, omega=1.0 if mixed else omega, s=1.0 if mixed else s,
+                            normalize=not mixed)
+            state["bad_steps"] = 0
+            window_losses[task_name].append(float(loss.detach()))
+        else:
+            state["bad_steps"] += 1
+            state["nonfinite_steps"] += 1
+            if state["bad_steps"] >= run.train.max_bad_steps:
+                raise FloatingPointError(f"{state['bad_steps']} consecutive steps with a non-finite loss or "
+                                         f"gradient (last at step {step}, task {task_name}); stopping")
+        state["step"] = step + 1
+        window_steps += 1
+        done = state["step"] == total
+
+        # ---------------------------------------------------------------------------- report
+        if state["step"] % run.train.log_every == 0 or done:
+            now = time.time()
+            speed = window_steps / max(now - window_start, 1e-9)
+            entry = {"step": state["step"], "steps_per_s": speed,
+                     **{f"loss/{name}": sum(v) / len(v) for name, v in window_losses.items()}}
+            state["history"].append(entry)
+            state["train_seconds"] += now - window_start
+            if rank == 0:
+                eta = (total - state["step"]) / max(speed, 1e-9)
+                losses = " ".join(f"{k[5:]}={v:.3f}" for k, v in entry.items() if k.startswith("loss/"))
+                print(f"[train] step {state['step']}/{total} task={task_name} {losses} "
+                      f"{speed:.2f} steps/s ETA {eta / 60:.1f} min", flush=True)
+            window_losses.clear()
+            window_start, window_steps = now, 0
+        if state["step"] % run.train.checkpoint_every == 0 or done:
+            state["skipped_images"] = dict(skipped)
+            _report(state, model=model, optimizer=optimizer, run=run, rank=rank)
+    if rank == 0:
+        print(f"[train] finished {total} steps in {time.time() - started:.0f} s", flush=True)
+
+
+def _optimizer_step(optimizer, name: str, *, omega: float, s: float, normalize: bool) -> None:
+    if name == "mt_adamw":
+        optimizer.step(omega=omega, s=s, normalize=normalize)
+    else:  # plain AdamW (ablation): ω scales the raw gradient, s only sets how often a task is drawn
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.grad.mul_(omega)
+        optimizer.step()
+
+
+def _report(state: dict, *, model, optimizer, run: RunConfig, rank: int) -> None:
+    """Every rank reports; rank 0 attaches the checkpoint (weights are identical on all ranks)."""
+    metrics = {"step": state["step"], "nonfinite_steps": state["nonfinite_steps"],
+               "skipped_images": sum(state["skipped_images"].values())}
+    if state["history"]:
+        metrics.update({k: v for k, v in state["history"][-1].items() if k != "step"})
+    if rank != 0:
+        ray.train.report(metrics, checkpoint=None)
+        return
+    with tempfile.TemporaryDirectory() as directory:
+        save_checkpoint(directory, model=model, optimizer=optimizer, state=state, run_config=run)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory),
+                         checkpoint_dir_name=f"checkpoint_{state['step']:07d}")
+
+
+def _maybe_fail(step: int, hooks: dict) -> None:
+    fail_at, marker = hooks.get(FAIL_AT_STEP), hooks.get(FAIL_MARKER)
+    if fail_at is not None and marker and step == int(fail_at) and not Path(marker).exists():
+        Path(marker).write_text(str(step))
+        raise RuntimeError(f"test-only failure injected at step {step}")
+
+
+def _trace(rank: int, step: int, task: str, batch: dict, hooks: dict) -> None:
+    directory = hooks.get(TRACE_DIR)
+    if directory:
+        with open(Path(directory) / f"rank{rank}.txt", "a") as handle:
+            handle.write(f"{step} {task} {int(batch['image_id'][0])}\n")

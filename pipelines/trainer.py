@@ -1,0 +1,64 @@
+"""Launching ``train_loop_per_worker`` with Ray Train's TorchTrainer, sized for the cluster at hand."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import ray.train
+from ray.train.torch import TorchTrainer
+
+from pipelines import ray_runtime
+from pipelines.run_setup import train_rows
+from pipelines.train_loop import TEST_HOOKS, train_loop_per_worker
+from unip2 import config_io
+from unip2.data.manifest import load_manifest
+from unip2.model.tokenizer import TextTokenizer
+from unip2.run_config import RunConfig
+
+
+def stream_spec(run: RunConfig, data_root: Path) -> dict:
+    """Plain-dict description of every worker's data stream (see pipelines/step_stream.py)."""
+    manifest = load_manifest(data_root)
+    ratios = run.sampling_ratios()
+    tasks = list(run.tasks)
+    return {"data_root": str(data_root), "tasks": tasks, "ratios": [ratios[t] for t in tasks],
+            "batch_sizes": {t: run.tasks[t].batch_size for t in tasks},
+            "num_rows": {t: train_rows(manifest, t) for t in tasks},
+            "image_sizes": {t: run.image_size(t) for t in tasks},
+            "num_workers": run.scale.num_workers, "total_steps": run.train.steps, "seed": run.train.seed,
+            "mode": run.train.sampling, "window": run.data.shuffle_window,
+            "max_text_length": run.data.max_text_length,
+            "tokenizer_json": TextTokenizer.from_file(run.model.text.tokenizer_path).to_json()}
+
+
+def make_trainer(run: RunConfig, *, out: Path, data_root: Path) -> TorchTrainer:
+    use_gpu = ray_runtime.cluster_has_gpus() if run.scale.use_gpu is None else run.scale.use_gpu
+    resources = {"CPU": run.scale.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
+    storage = Path(run.scale.storage_path).expanduser() if run.scale.storage_path else out / "ray"
+    storage_path = str(storage.resolve()) if "://" not in str(storage) else str(storage)
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"run": config_io.to_dict(run), "stream": stream_spec(run, data_root),
+                           "test_hooks": {k: os.environ[k] for k in TEST_HOOKS if k in os.environ}},
+        scaling_config=ray.train.ScalingConfig(num_workers=run.scale.num_workers, use_gpu=use_gpu,
+                                               resources_per_worker=resources),
+        run_config=ray.train.RunConfig(
+            name=out.name, storage_path=storage_path,
+            failure_config=ray.train.FailureConfig(max_failures=run.scale.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
+    )
+
+
+def fit(run: RunConfig, *, out: Path, data_root: Path) -> Path:
+    """Train; returns the final checkpoint as a local directory."""
+    result = make_trainer(run, out=out, data_root=data_root).fit()
+    if result.error is not None:
+        raise result.error
+    local = out / "last_checkpoint"
+    with result.checkpoint.as_directory() as directory:
+        if local.exists():
+            shutil.rmtree(local)
+        shutil.copytree(directory, local)
+    return local

@@ -1,0 +1,116 @@
+"""Multi-task training on a real local Ray (2 CPU workers, tiny model): unmixed steps, exact resume,
+and the 2-worker step equal to one process on the concatenated batch."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import unip2
+from pipelines.run_setup import prepare_run
+from pipelines.step_stream import StepBatchLoader
+from pipelines.train_loop import FAIL_AT_STEP, FAIL_MARKER, TRACE_DIR
+from pipelines.trainer import fit, stream_spec
+from unip2.optim import MTAdamW
+from unip2.training_setup import TaskLoss, build_optimizer
+
+SMALL = ["scale.num_workers=2", "scale.cpus_per_worker=0.5", "data.loader_cpus=0.25", "optim.warmup_steps=2",
+         "train.log_every=2", "model.proposals.num_queries=12", "model.image_size=64"]
+
+
+def small_batches(tasks=("classification", "detection", "instance_segmentation", "captioning", "retrieval")):
+    return [f"tasks.{t}.batch_size=2" for t in tasks]
+
+
+def weights(run_dir):
+    return load_file(str(run_dir / "model" / "model.safetensors"))
+
+
+def train(tmp_path, name, overrides, monkeypatch=None, env=None):
+    for key, value in (env or {}).items():
+        monkeypatch.setenv(key, value)
+    run, out, root = prepare_run(None, overrides, out=str(tmp_path / name))
+    return run, out, root, fit(run, out=out, data_root=root)
+
+
+def test_short_run_trains_every_worker_on_one_task_per_step(ray_local, embedded_data, tmp_path, monkeypatch):
+    trace = tmp_path / "trace"
+    trace.mkdir()
+    run, out, root, checkpoint = train(
+        tmp_path, "short", SMALL + small_batches() + [f"data.root={embedded_data}", "train.steps=10",
+                                                      "train.checkpoint_every=5"],
+        monkeypatch, {TRACE_DIR: str(trace)})
+    state = json.loads((checkpoint / "train_state.json").read_text())
+    assert state["step"] == 10 and len(state["history"]) == 5
+    rank0 = [line.split() for line in (trace / "rank0.txt").read_text().splitlines()]
+    rank1 = [line.split() for line in (trace / "rank1.txt").read_text().splitlines()]
+    assert [int(r[0]) for r in rank0] == list(range(10))
+    assert [r[1] for r in rank0] == [r[1] for r in rank1]  # unmixed: the same task on every worker
+    assert [r[2] for r in rank0] != [r[2] for r in rank1]  # ... with different rows
+    assert len({r[1] for r in rank0}) >= 3
+    model = unip2.load(checkpoint / "model")  # the checkpoint is a plain unip2 model folder
+    assert model.config.image_size == 64
+
+
+def test_a_worker_failure_resumes_exactly(ray_local, embedded_data, tmp_path, monkeypatch):
+    common = SMALL + small_batches() + [f"data.root={embedded_data}", "train.steps=8", "train.checkpoint_every=2",
+                                        "scale.max_failures=1"]
+    *_, straight = train(tmp_path, "straight", common)
+    trace = tmp_path / "trace"
+    trace.mkdir()
+    *_, resumed = train(tmp_path, "failed", common, monkeypatch,
+                        {FAIL_AT_STEP: "5", FAIL_MARKER: str(tmp_path / "fired"), TRACE_DIR: str(trace)})
+    assert (tmp_path / "fired").read_text() == "5"
+    steps = [int(line.split()[0]) for line in (trace / "rank0.txt").read_text().splitlines()]
+    assert steps == [0, 1, 2, 3, 4, 4, 5, 6, 7]  # failed entering step 5, resumed from the step-4 checkpoint
+    a, b = weights(straight), weights(resumed)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-6), key
+
+
+def test_two_worker_step_equals_one_process_on_the_concatenated_batch(ray_local, embedded_data, tmp_path):
+    overrides = SMALL + ["tasks={classification: {batch_size: 3}}", f"data.root={embedded_data}",
+                         "train.steps=2", "train.checkpoint_every=2", "optim.warmup_steps=0", "optim.min_lr_ratio=1.0",
+                         # A large ε keeps Adam from turning float noise in near-zero gradients into ±lr steps.
+                         "optim.eps=1e-2"]
+    run, out, root, checkpoint = train(tmp_path, "ddp", overrides)
+    assert list(run.tasks) == ["classification"]
+
+    spec = stream_spec(run, root)
+    torch.manual_seed(run.train.seed)
+    model = unip2.build_model(run.model)
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer = build_optimizer(model, name="mt_adamw", lr=run.optim.lr, betas=run.optim.betas, eps=run.optim.eps,
+                                weight_decay=run.optim.weight_decay)
+    assert isinstance(optimizer, MTAdamW)
+    loss_module = TaskLoss(model)
+    loaders = [StepBatchLoader(spec, rank) for rank in range(2)]
+    for step in range(2):
+        parts = [loader.load(step)["batch"] for loader in loaders]
+        joined = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+        batch = unip2.tasks.TASKS["classification"].collate(joined)
+        optimizer.zero_grad(set_to_none=True)
+        loss, _ = loss_module("classification", batch)
+        loss.backward()
+        optimizer.step(omega=run.tasks["classification"].omega, s=1.0)
+    distributed = weights(checkpoint)
+    single = model.state_dict()
+    names = [n for n in distributed if n in single and single[n].is_floating_point()]
+    update_single = torch.cat([(single[n] - initial[n]).flatten() for n in names])
+    update_ddp = torch.cat([(distributed[n] - initial[n]).flatten() for n in names])
+    assert update_single.norm() > 0
+    assert (update_ddp - update_single).norm() / update_single.norm() < 1e-3
+
+
+def test_invalid_config_is_refused_naming_the_field(embedded_data, tmp_path):
+    from unip2.config_io import ConfigError
+
+    with pytest.raises(ConfigError, match="tasks.detection.omega"):
+        prepare_run(None, ["tasks.detection.omega=0", f"data.root={embedded_data}"], out=str(tmp_path / "a"))
+    with pytest.raises(ConfigError, match="tasks.depth"):
+        prepare_run(None, ["tasks.depth.omega=1", f"data.root={embedded_data}"], out=str(tmp_path / "b"))
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        prepare_run(None, ["data.root=/nowhere"], out=str(tmp_path / "c"))

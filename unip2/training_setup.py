@@ -1,0 +1,60 @@
+"""The pieces of a multi-task training step that any launcher needs: optimizer, schedule, task loss module.
+
+``TaskLoss`` wraps the model so that one ``forward(task, batch)`` computes a task's weighted loss; a
+DistributedDataParallel wrapper around it then synchronizes gradients for every task the same way.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from unip2.optim import MTAdamW, param_groups_for
+from unip2.tasks import TASKS, total_loss
+from unip2.tasks.base import Gather, local_gather
+
+
+class TaskLoss(nn.Module):
+    """forward(task name, collated batch) → (weighted total loss, dict of unweighted terms)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, task: str, batch: dict, gather: Gather = local_gather) -> tuple[torch.Tensor, dict]:
+        terms = TASKS[task].loss(self.model, batch, gather=gather)
+        return total_loss(terms, TASKS[task].loss_weights(self.model)), terms
+
+
+def build_optimizer(model: nn.Module, *, name: str, lr: float, betas: tuple[float, float], eps: float,
+                    weight_decay: float, backbone_lr_scale: float = 1.0) -> torch.optim.Optimizer:
+    """MT-AdamW (or AdamW) with no-decay groups; backbone groups carry ``lr_scale`` = backbone_lr_scale."""
+    groups = []
+    for group in param_groups_for(model, weight_decay):
+        for in_backbone in (True, False):
+            picked = [(n, p) for n, p in zip(group["param_names"], group["params"])
+                      if n.startswith("backbone.") == in_backbone]
+            if picked:
+                groups.append({"params": [p for _, p in picked], "param_names": [n for n, _ in picked],
+                               "weight_decay": group["weight_decay"],
+                               "lr_scale": backbone_lr_scale if in_backbone else 1.0})
+    if name == "mt_adamw":
+        return MTAdamW(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+    raise ValueError(f"optim.name: unknown optimizer {name!r}; choose mt_adamw or adamw")
+
+
+def learning_rate(step: int, *, total_steps: int, peak: float, warmup_steps: int, min_ratio: float) -> float:
+    """Linear warm-up to ``peak``, then cosine decay to ``peak × min_ratio`` at ``total_steps``."""
+    if warmup_steps and step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
