@@ -23,7 +23,8 @@ def connect(address: str | None = None) -> None:
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
-    ray.init(address=address, include_dashboard=False if address is None else None,
+    # "local" starts a fresh Ray even if another one runs on this machine (never join one by accident).
+    ray.init(address=address or "local", include_dashboard=False if address is None else None,
              runtime_env={"env_vars": {k: os.environ[k] for k in RAY_ENVIRONMENT}})
 
 

@@ -22,17 +22,22 @@ if [ ! -x "$venv_dir/bin/python" ]; then
   "$PYTHON" -m venv "$venv_dir"
 fi
 
+# pip, quiet, without the "Location ... is ignored" lines some machines' pip configs print per package.
+pip_install() {
+  "$venv_dir/bin/python" -m pip install --quiet --disable-pip-version-check "$@" 2>&1 \
+    | { grep -v "^WARNING: Location '.*' is ignored" || true; }
+}
+
 stamp="$venv_dir/.unip2-installed"
 want=$(sha256sum pyproject.toml | cut -c1-16)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "[setup] installing dependencies (first time: several minutes, ~6 GB)"
-  pip_q="$venv_dir/bin/python -m pip install --quiet --disable-pip-version-check"
   # torch and torchvision first and pinned, or the resolver picks other multi-GB builds.
   torch_pins=$(grep -oE '"torch(vision)?==[^"]+"' pyproject.toml | tr -d '"' | tr '\n' ' ')
-  $pip_q $torch_pins
-  $pip_q -e '.[test]'
+  pip_install $torch_pins
+  pip_install -e '.[test]'
   echo "$want" > "$stamp"
 else
   # The project itself is installed editable: re-link it in case this checkout moved.
-  "$venv_dir/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -e . >/dev/null
+  pip_install --no-deps -e . >/dev/null
 fi

@@ -22,7 +22,7 @@ from unip2.presets import preset
 class TaskRunConfig:
     """How one task takes part in multi-task training."""
 
-    batch_size: int = 16
+    batch_size: int = 8
     """Per-worker batch size of this task (unmixed sampling lets every task have its own)."""
     omega: float = 1.0
     """ω_k: weight of the task's normalized gradient (MT-AdamW)."""
@@ -106,7 +106,7 @@ class OptimConfig:
 class TrainingConfig:
     """The training schedule and the multi-task method."""
 
-    steps: int = 1500
+    steps: int = 600
     """Optimizer steps (each step: one task for all workers in unmixed mode)."""
     seed: int = 0
     """Seed of the model init, task sequence and data order."""
@@ -116,7 +116,7 @@ class TrainingConfig:
     """Retrieval negatives from all workers (all-gather) instead of the local batch only."""
     log_every: int = 25
     """Steps between progress lines and metric reports."""
-    checkpoint_every: int = 250
+    checkpoint_every: int = 200
     """Steps between checkpoints (and always at the end)."""
     max_bad_steps: int = 5
     """Consecutive non-finite losses after which the run stops."""

@@ -1,0 +1,157 @@
+"""The ``map_batches`` side of batch evaluation: rows of several datasets in one stream, one loaded
+checkpoint per actor, each row predicted by every task reading its dataset.
+
+Input rows (``ROW_SCHEMA``, made by ``to_row_schema`` from each dataset's Parquet columns): ``dataset``,
+``image``, ``image_id``, and the annotations the metrics need, null where a dataset has none:
+``label`` (imagenet) and ``captions`` (coco_captions; retrieval also embeds them).
+
+Output rows keep ``dataset``, ``image_id``, ``label`` and ``captions`` (as a JSON list) and add, for
+every task, two plain columns, null for rows of other datasets, so ragged predictions never meet
+Arrow's type inference and every batch has the same schema:
+
+- ``<task>``: utf-8 JSON of the prediction's plain fields, or ``{"image_id", "skipped": reason}`` when
+  the row's image could not be decoded;
+- ``<task>:arrays``: the prediction's numpy fields (e.g. retrieval's ``image_embedding`` D and
+  ``text_embeddings`` N×D) as ``.npz`` bytes.
+
+``decode_predictions`` turns gathered output rows back into prediction dicts.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+UNDECODABLE = "undecodable image"
+ANNOTATIONS = ("label", "captions")
+ROW_SCHEMA = pa.schema([
+    pa.field("dataset", pa.string()),
+    pa.field("image", pa.binary()),
+    pa.field("image_id", pa.int64()),
+    pa.field("label", pa.int64()),
+    pa.field("captions", pa.list_(pa.string())),
+])
+
+
+def to_row_schema(batch: pa.Table, dataset: str) -> pa.Table:
+    """One dataset's Parquet rows (``image``, ``image_id`` and any of ``ANNOTATIONS``) → ``ROW_SCHEMA``."""
+    columns = {"dataset": pa.array([dataset] * batch.num_rows, pa.string())}
+    for field in ROW_SCHEMA:
+        if field.name in batch.column_names:
+            columns[field.name] = batch.column(field.name).cast(field.type)
+        elif field.name != "dataset":
+            columns[field.name] = pa.nulls(batch.num_rows, field.type)
+    return pa.table(columns, schema=ROW_SCHEMA)
+
+
+class BatchPredictor:
+    """Predictions for batches of ``ROW_SCHEMA`` rows.
+
+    Args:
+        checkpoint_dir: a directory written by ``unip2.save``.
+        tasks_by_dataset: {dataset: names of the ``unip2.tasks.TASKS`` that read it}.
+        columns_by_dataset: {dataset: the ``ANNOTATIONS`` columns it has} (passed to ``preprocess``).
+        options: {task name: keyword options of that task's ``predict``} (e.g. ``class_names``).
+    """
+
+    def __init__(self, checkpoint_dir: str, tasks_by_dataset: dict[str, list[str]],
+                 columns_by_dataset: dict[str, list[str]], options: dict[str, dict[str, Any]]):
+        import torch
+
+        import unip2
+        from unip2.tasks import TASKS
+
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model = unip2.load(checkpoint_dir, device=self.device).eval()
+        self.tasks = {dataset: [TASKS[name] for name in names] for dataset, names in tasks_by_dataset.items()}
+        self.columns = columns_by_dataset
+        self.options = options
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        datasets = batch.column("dataset").to_pylist()
+        text: dict[str, list] = {t.name: [None] * batch.num_rows for tasks in self.tasks.values() for t in tasks}
+        arrays: dict[str, list] = {name: [None] * batch.num_rows for name in text}
+        for dataset, tasks in self.tasks.items():
+            positions = [i for i, d in enumerate(datasets) if d == dataset]
+            if not positions:
+                continue
+            part = batch.take(pa.array(positions))
+            rows = {name: part.column(name).to_pylist()
+                    for name in ("image", "image_id", *self.columns.get(dataset, ()))}
+            for task in tasks:
+                for position, prediction in zip(positions, self.predict_rows(task, rows)):
+                    numeric = {k: v for k, v in prediction.items() if isinstance(v, np.ndarray)}
+                    plain = {k: v for k, v in prediction.items() if k not in numeric}
+                    text[task.name][position] = json.dumps(plain, default=_plain)
+                    arrays[task.name][position] = _npz_bytes(numeric) if numeric else None
+        captions = [None if c is None else json.dumps(c) for c in batch.column("captions").to_pylist()]
+        columns = {"dataset": batch.column("dataset"), "image_id": batch.column("image_id"),
+                   "label": batch.column("label"), "captions": pa.array(captions, pa.string())}
+        for name in text:
+            columns[name] = pa.array(text[name], pa.string())
+            columns[f"{name}:arrays"] = pa.array(arrays[name], pa.binary())
+        return pa.table(columns)
+
+    def predict_rows(self, task, rows: dict[str, list]) -> list[dict]:
+        """One prediction per row, in row order; rows whose image does not decode get ``skipped``."""
+        good, reasons = list(range(len(rows["image"]))), {}
+        try:
+            arrays = self._preprocess(task, rows)
+        except ValueError as error:
+            if UNDECODABLE not in str(error):
+                raise
+            good, reasons = self._decodable(task, rows)
+            arrays = self._preprocess(task, {k: [v[i] for i in good] for k, v in rows.items()}) if good else None
+        predictions = []
+        if arrays is not None:
+            predictions = task.predict(self.model, task.collate(arrays, device=self.device),
+                                       **self.options.get(task.name, {}))
+        by_row = dict(zip(good, predictions))
+        return [by_row[i] if i in by_row else {"image_id": int(rows["image_id"][i]), "skipped": reasons[i]}
+                for i in range(len(rows["image"]))]
+
+    def _preprocess(self, task, rows: dict[str, list]) -> dict[str, np.ndarray]:
+        return task.preprocess(rows, image_size=self.model.config.image_size, tokenizer=self.model.tokenizer,
+                               train=False, rng=np.random.default_rng(0))
+
+    def _decodable(self, task, rows: dict[str, list]) -> tuple[list[int], dict[int, str]]:
+        """Row by row: indices that preprocess, and the reason for each that does not."""
+        good, reasons = [], {}
+        for index in range(len(rows["image"])):
+            try:
+                self._preprocess(task, {k: v[index:index + 1] for k, v in rows.items()})
+                good.append(index)
+            except ValueError as error:
+                if UNDECODABLE not in str(error):
+                    raise
+                reasons[index] = str(error)
+        return good, reasons
+
+
+def decode_predictions(table: pa.Table, task_name: str) -> list[dict]:
+    """Output rows of ``BatchPredictor`` (of the task's dataset) → that task's prediction dicts."""
+    predictions = []
+    for text, data in zip(table.column(task_name).to_pylist(), table.column(f"{task_name}:arrays").to_pylist()):
+        prediction = json.loads(text)
+        if data:
+            with np.load(io.BytesIO(data), allow_pickle=False) as stored:
+                prediction |= {key: stored[key] for key in stored.files}
+        predictions.append(prediction)
+    return predictions
+
+
+def _plain(value: Any) -> Any:
+    """JSON fallback for numpy / torch scalars inside a prediction."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()

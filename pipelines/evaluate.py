@@ -1,0 +1,71 @@
+"""Evaluate a checkpoint on the validation (or test) split of converted data, with Ray Data.
+
+    python pipelines/evaluate.py --checkpoint runs/tiny/model --data data/shapes-parquet --out runs/tiny/eval
+    python pipelines/evaluate.py --checkpoint runs/tiny/model --data data/shapes-parquet --tasks detection,captioning \\
+        --max-images 64 --fast --out /tmp/eval
+    python pipelines/evaluate.py --checkpoint ckpt --data /data/unip2-parquet --split test \\
+        --tasks captioning,retrieval --concurrency 4 --batch-size 32 --out eval-test
+    python pipelines/evaluate.py --checkpoint ckpt --data data/shapes-parquet --class-names names.json --out eval-open
+    RAY_ADDRESS=auto python pipelines/evaluate.py --checkpoint ckpt --data /data/unip2-parquet --out eval
+
+Joins the Ray cluster at RAY_ADDRESS when set, else starts a local one. Writes metrics.json, report.md,
+predictions.png, detections.json, segmentations.json and captions.json into --out (see
+pipelines/evaluation.py) and prints metrics.json. ``--class-names FILE``: a ``.json`` file
+{"imagenet": [...], "coco": [...]} replaces the candidate names of those label spaces; any other file
+holds one name per line and replaces the candidates of every evaluated task that has class names.
+Exit status 2: bad input (missing or incomplete checkpoint or data, unknown task, class names that
+differ between checkpoint and data).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `pipelines` importable when run as a script
+
+from pipelines import ray_runtime  # noqa: E402  (sets Ray's environment before ray is imported)
+from pipelines.evaluation import evaluate, plan_evaluation, read_class_names  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="model folder written by unip2.save")
+    parser.add_argument("--data", default="data/shapes-parquet", help="converted data folder (holding manifest.json)")
+    parser.add_argument("--split", default="val", help="split to evaluate (val; test for Karpathy captions)")
+    parser.add_argument("--tasks", default=None, help="comma-separated task names (default: all with data)")
+    parser.add_argument("--out", default="eval", help="output folder")
+    parser.add_argument("--class-names", default=None, help="candidate names file (.json per label space, or "
+                        "one name per line for every label space)")
+    parser.add_argument("--concurrency", type=int, default=1, help="predictor actors (one GPU each on a GPU cluster)")
+    parser.add_argument("--batch-size", type=int, default=16, help="rows per inference batch")
+    parser.add_argument("--max-images", type=int, default=None, help="only the first N rows of each split")
+    parser.add_argument("--num-cpus", type=float, default=0.5, help="CPUs per actor on a cluster without GPUs")
+    parser.add_argument("--fast", action="store_true", help="skip METEOR (a ~10 s Java process)")
+    args = parser.parse_args(argv)
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
+    try:
+        class_names = read_class_names(args.class_names) if args.class_names else None
+        plan_evaluation(args.checkpoint, args.data, split=args.split, tasks=tasks, class_names=class_names)
+    except (FileNotFoundError, KeyError, ValueError) as error:  # bad input: say why, before starting Ray
+        print(f"error: {error.args[0] if isinstance(error, KeyError) else error}", file=sys.stderr)
+        return 2
+
+    import ray
+
+    ray_runtime.connect()  # RAY_ADDRESS if set, else a local Ray
+    try:
+        metrics = evaluate(args.checkpoint, args.data, split=args.split, tasks=tasks, out_dir=args.out,
+                           class_names=class_names, concurrency=args.concurrency, batch_size=args.batch_size,
+                           max_images=args.max_images, num_cpus=args.num_cpus, meteor=not args.fast)
+    finally:
+        ray.shutdown()
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

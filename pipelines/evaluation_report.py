@@ -1,0 +1,88 @@
+"""``report.md``: our numbers in the layout of the paper's Table 6, beside its BASE and LARGE rows,
+then every metric of every task.
+
+The paper's rows are copied from Uni-Perceiver v2 (CVPR 2023) Table 6, all without task-specific
+fine-tuning. Our numbers come from other data (by default the embedded shapes world) and other
+hardware: the report says so next to the comparison. Metrics are shown ×100 like the paper's
+(CIDEr included, so 116.9 is pycocoevalcap's 1.169).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from unip2.tasks import TASKS
+
+COLUMNS = ("params", "IN-1k top-1", "COCO box AP", "COCO mask AP", "COCO caption B@4", "CIDEr",
+           "COCO i→t R@1", "F30k i→t R@1", "COCO t→i R@1", "F30k t→i R@1")
+PAPER_ROWS = {
+    "Uni-Perceiver v2 BASE (Swin-B), paper": ("308M", 86.3, 58.6, 50.6, 35.4, 116.9, 71.8, 88.1, 55.6, 73.8),
+    "Uni-Perceiver v2 LARGE (Swin-L), paper": ("446M", 87.2, 61.9, 53.6, 36.5, 122.5, 75.0, 89.3, 58.5, 79.6),
+}
+# Table 6 column → (task, metric key) in metrics.json; columns without an entry are not measured here.
+MEASURED = {
+    "IN-1k top-1": ("classification", "top1"),
+    "COCO box AP": ("detection", "bbox_AP"),
+    "COCO mask AP": ("instance_segmentation", "segm_AP"),
+    "COCO caption B@4": ("captioning", "BLEU-4"),
+    "CIDEr": ("captioning", "CIDEr"),
+    "COCO i→t R@1": ("retrieval", "i2t_R@1"),
+    "COCO t→i R@1": ("retrieval", "t2i_R@1"),
+}
+
+
+def write_report(metrics: dict, path: str | Path, *, data_description: str) -> Path:
+    """Write the report of one ``evaluate`` result (the content of metrics.json) to ``path``."""
+    checkpoint = Path(metrics["checkpoint"]).name
+    ours = [_millions(metrics.get("parameters"))]
+    for column in COLUMNS[1:]:
+        task, key = MEASURED.get(column, (None, None))
+        value = metrics.get(task, {}).get(key) if task else None
+        ours.append("–" if value is None else f"{100 * value:.1f}")
+    lines = [
+        f"# Evaluation of `{checkpoint}` on the {metrics['split']} split",
+        "",
+        f"Measured on **{data_description}** ({metrics['data']}), not on the paper's ImageNet / COCO / "
+        "Flickr30k, with other hardware: the paper's rows are shown for the layout and scale only, "
+        "the numbers are **not comparable**.",
+        "",
+        "## Table 6 layout",
+        "",
+        "| model | " + " | ".join(COLUMNS) + " |",
+        "|---" * (len(COLUMNS) + 1) + "|",
+        f"| ours: `{checkpoint}` (measured on {data_description}) | " + " | ".join(ours) + " |",
+    ]
+    for name, values in PAPER_ROWS.items():
+        lines.append(f"| {name} (COCO / ImageNet / Flickr30k) | " + " | ".join(str(v) for v in values) + " |")
+    lines += ["", "Ours ×100 like the paper; – = not measured (no data for the task on this split; Flickr30k "
+              "zero-shot retrieval is not part of this evaluation).", "", "## All metrics", ""]
+    for task in TASKS:
+        if task in metrics:
+            values = metrics[task]
+            lines.append(f"### {task}")
+            lines.append("")
+            lines.append("| metric | value |")
+            lines.append("|---|---|")
+            lines += [f"| {key} | {_number(value)} |" for key, value in values.items()]
+            lines.append("")
+    lines += ["## Run", "",
+              f"- checkpoint: `{metrics['checkpoint']}`",
+              f"- annotations: instances `{metrics['annotations']['instances']}`, captions "
+              f"`{metrics['annotations']['captions']}` (caption references: the split's `captions` column)",
+              f"- images skipped (undecodable), per task: {metrics['skipped_images'] or 'none'}",
+              f"- tasks not evaluated: {metrics['skipped_tasks'] or 'none'}",
+              f"- candidate names replaced (label space → count): {metrics['candidate_names'] or 'none'}",
+              f"- wall time: {metrics['wall_time_s']} s", ""]
+    if "predictions" in metrics.get("files", {}):
+        lines += ["![predictions](predictions.png)", ""]
+    path = Path(path)
+    path.write_text("\n".join(lines))
+    return path
+
+
+def _millions(count: int | None) -> str:
+    return "–" if count is None else f"{count / 1e6:.1f}M"
+
+
+def _number(value) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
