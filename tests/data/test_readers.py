@@ -150,3 +150,16 @@ def test_image_checks_name_the_failure(tmp_path):
     Image.new("L", (5, 7)).save(png, "PNG")
     assert decode_rgb(png.getvalue()).shape == (7, 5, 3)
     assert read_bytes(tmp_path / "absent.jpg") == (None, "missing_file")
+
+
+def test_imagenet_names_that_repeat_are_made_unique(tmp_path):
+    from unip2.data.imagenet import load_synset_mapping
+
+    mapping = tmp_path / "LOC_synset_mapping.txt"
+    mapping.write_text("n02012849 crane\nn03126707 crane\nn01440764 tench, Tinca tinca\n"
+                       "n09999998 bank, shore\nn09999999 bank, shore\n")
+    names = load_synset_mapping(mapping)
+    assert names["n01440764"] == "tench"
+    assert names["n02012849"] == "crane (n02012849)" and names["n03126707"] == "crane (n03126707)"
+    assert names["n09999998"] == "bank, shore (n09999998)"
+    assert len(set(names.values())) == len(names)

@@ -44,18 +44,28 @@ def load_synset_mapping(path: str | Path) -> dict[str, str]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"synset mapping file not found: {path}")
-    names = {}
+    synonyms: dict[str, list[str]] = {}
     for number, line in enumerate(path.read_text().splitlines(), start=1):
         if not line.strip():
             continue
         wnid, _, rest = line.strip().partition(" ")
-        name = rest.split(",")[0].strip()
-        if not wnid.startswith("n") or not name:
+        words = [w.strip() for w in rest.split(",") if w.strip()]
+        if not wnid.startswith("n") or not words:
             raise ValueError(f"{path}:{number}: expected '<wnid> <name>[, synonyms]', got {line!r}")
-        names[wnid] = name
-    if not names:
+        synonyms[wnid] = words
+    if not synonyms:
         raise ValueError(f"{path} holds no synsets")
-    return dict(sorted(names.items()))
+    return dict(sorted(_unique_names(synonyms).items()))
+
+
+def _unique_names(synonyms: dict[str, list[str]]) -> dict[str, str]:
+    """First synonym as the name; where several synsets share it (ImageNet has "crane" twice, the bird
+    and the machine), the model could not tell them apart, so those take "first, second" synonyms,
+    and the wnid where even that collides."""
+    first = Counter(words[0] for words in synonyms.values())
+    names = {wnid: words[0] if first[words[0]] == 1 else ", ".join(words[:2]) for wnid, words in synonyms.items()}
+    repeated = Counter(names.values())
+    return {wnid: name if repeated[name] == 1 else f"{name} ({wnid})" for wnid, name in names.items()}
 
 
 def find_imagenet(root: str | Path) -> ImageNetLayout:
