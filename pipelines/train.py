@@ -17,7 +17,6 @@ import json
 import shutil
 import sys
 import time
-from pathlib import Path
 
 from pipelines import ray_runtime  # noqa: F401  (sets Ray's environment before ray is imported)
 from pipelines.run_setup import prepare_run

@@ -144,17 +144,22 @@ def load(cls: type[T], path: str | Path | None = None, overrides: list[str] | No
     """
     data: dict[str, Any] = to_dict(base) if base is not None else {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
-        loaded = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(str(path), "a config file must hold a mapping")
-        data = merge(data, loaded)
+        data = merge(data, read_mapping(path))
     data = apply_overrides(data, overrides or [])
     config = from_dict(cls, data)
     validate(config)
     return config
+
+
+def read_mapping(path: str | Path) -> dict[str, Any]:
+    """A YAML (or JSON) config file's top-level mapping; a missing file or a non-mapping is refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    loaded = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(str(path), "a config file must hold a mapping")
+    return loaded
 
 
 def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:

@@ -10,8 +10,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import yaml
-
 from unip2 import config_io
 from unip2.config import ModelConfig
 from unip2.config_io import ConfigError, require
@@ -199,14 +197,7 @@ def load_run_config(path: str | Path | None = None, overrides: list[str] | None 
     A ``tasks`` mapping in the file replaces the default task set (all registered tasks); overrides
     only change fields.
     """
-    data: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(str(path), "a config file must hold a mapping")
+    data = config_io.read_mapping(path) if path is not None else {}
     tasks = data.get("tasks")
     if tasks is not None and not isinstance(tasks, dict):
         raise ConfigError("tasks", "must be a mapping of task name to settings")

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from unip2.model.decoder import prefix_causal_mask
-from unip2.tasks.base import Task, image_batch, image_ids, local_gather, object_array
+from unip2.tasks.base import Task, local_gather
+from unip2.tasks.captioned_images import preprocess_captioned_images
 from unip2.tasks.beam_search import beam_search
-from unip2.tasks.preprocessing import center_resize, decode_image
 
 TASK_FLAGS = dict(input_image=True, input_text=True, target_text=True)
 
@@ -26,14 +25,8 @@ class Captioning(Task):
     metric = "CIDEr"
 
     def preprocess(self, batch, *, image_size, tokenizer, train, rng, max_text_length=32):
-        images = [center_resize(decode_image(data), image_size) for data in batch["image"]]
-        out = {"images": image_batch(images), "image_id": image_ids(batch)}
-        if "captions" in batch:
-            captions = [list(c) for c in batch["captions"]]
-            chosen = [c[int(rng.integers(len(c)))] if train else c[0] for c in captions]
-            out["input_ids"], out["attention_mask"] = tokenizer.encode_batch(chosen, max_text_length)
-            out["references"] = object_array([np.asarray(c, dtype=object) for c in captions])
-        return out
+        return preprocess_captioned_images(batch, image_size=image_size, tokenizer=tokenizer, train=train, rng=rng,
+                                           max_text_length=max_text_length)
 
     def vocabulary(self, model) -> torch.Tensor:
         return model.encode_vocabulary(token_is_target=True, **TASK_FLAGS)

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from unip2.tasks.base import Task, image_batch, image_ids, local_gather, object_array
-from unip2.tasks.preprocessing import center_resize, decode_image
+from unip2.tasks.base import Task, local_gather
+from unip2.tasks.captioned_images import preprocess_captioned_images
 
 IMAGE_FLAGS = dict(input_image=True, target_text=True)
 TEXT_FLAGS = dict(input_text=True, target_image=True)
@@ -25,14 +24,8 @@ class Retrieval(Task):
     metric = "R@1"
 
     def preprocess(self, batch, *, image_size, tokenizer, train, rng, max_text_length=32):
-        images = [center_resize(decode_image(data), image_size) for data in batch["image"]]
-        out = {"images": image_batch(images), "image_id": image_ids(batch)}
-        if "captions" in batch:
-            captions = [list(c) for c in batch["captions"]]
-            chosen = [c[int(rng.integers(len(c)))] if train else c[0] for c in captions]
-            out["input_ids"], out["attention_mask"] = tokenizer.encode_batch(chosen, max_text_length)
-            out["references"] = object_array([np.asarray(c, dtype=object) for c in captions])
-        return out
+        return preprocess_captioned_images(batch, image_size=image_size, tokenizer=tokenizer, train=train, rng=rng,
+                                           max_text_length=max_text_length)
 
     def image_features(self, model, images: torch.Tensor) -> torch.Tensor:
         """B×3×S×S → B×D."""
