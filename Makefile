@@ -2,13 +2,17 @@
 VENV_PYTHON := .venv/bin/python
 ARGS ?=
 
-.PHONY: setup train test
+.PHONY: setup browser train test
 
 setup:
 	@bash scripts/setup_env.sh
 
+# Headless Chromium for the Serve demo page's browser test (Debian packages; needs root the first time).
+browser:
+	@bash scripts/install_browser.sh
+
 train: setup
 	$(VENV_PYTHON) pipelines/train.py $(ARGS)
 
-test: setup
+test: setup browser
 	$(VENV_PYTHON) -m pytest -q $(ARGS)

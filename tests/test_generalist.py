@@ -87,3 +87,20 @@ def test_base_and_large_land_within_ten_percent_of_the_paper(name):
     count = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                                timeout=600).stdout.split()[-1])
     assert abs(count - PAPER_PARAMS[name]) / PAPER_PARAMS[name] <= 0.10, count
+
+
+def test_candidates_are_cached_at_inference_and_refreshed_after_training(tiny_checkpoint):
+    model = unip2.load(tiny_checkpoint).eval()
+    names = ["red circle", "blue square"]
+    with torch.no_grad():
+        first = model.encode_texts(names, target_category=True)
+        assert model.encode_texts(names, target_category=True) is first  # served from the cache
+        vocabulary = model.encode_vocabulary(target_text=True)
+        assert model.encode_vocabulary(target_text=True) is vocabulary
+    with torch.no_grad():
+        for p in model.decoder.parameters():
+            p.add_(0.01)
+    model.train().eval()  # a mode switch drops the cache: new weights give new candidates
+    with torch.no_grad():
+        assert not torch.allclose(model.encode_texts(names, target_category=True), first)
+    assert model.encode_texts(names, target_category=True).requires_grad  # never cached with autograd on

@@ -137,8 +137,33 @@ class UniPerceiverV2(nn.Module):
         return self.decoder(tokens, attributes, padding_mask=padding_mask, attention_mask=attention_mask,
                             spe_attributes=attributes[:, 0])
 
+    # ------------------------------------------------------------------- candidate cache (inference)
+    def _cached(self, key: tuple, compute) -> torch.Tensor:
+        """Candidate encodings are fixed at inference: compute once per (candidates, flags), reuse.
+
+        Only in eval mode without autograd; ``train()`` and ``load_state_dict`` clear the cache.
+        """
+        if self.training or torch.is_grad_enabled():
+            return compute()
+        cache = self.__dict__.setdefault("_candidate_cache", {})
+        if key not in cache:
+            cache[key] = compute()
+        return cache[key]
+
+    def train(self, mode: bool = True) -> "UniPerceiverV2":
+        self.__dict__.pop("_candidate_cache", None)
+        return super().train(mode)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        self.__dict__.pop("_candidate_cache", None)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
     def encode_texts(self, texts: list[str], **task_flags: bool) -> torch.Tensor:
-        """Whole sentences or names → their <SPE> representations (len(texts)×D)."""
+        """Whole sentences or names → their <SPE> representations (len(texts)×D); cached at inference."""
+        key = ("texts", tuple(texts), tuple(sorted(task_flags.items())))
+        return self._cached(key, lambda: self._encode_texts(texts, **task_flags))
+
+    def _encode_texts(self, texts: list[str], **task_flags: bool) -> torch.Tensor:
         device = self.pixel_mean.device
         ids, mask = self.tokenizer.encode_batch(texts, self.config.text.max_length)
         ids = torch.as_tensor(ids, device=device)
@@ -148,7 +173,11 @@ class UniPerceiverV2(nn.Module):
         return self.decode(tokens, attributes, padding_mask=mask == 0)["spe"]
 
     def encode_vocabulary(self, **task_flags: bool) -> torch.Tensor:
-        """Every vocabulary token as its own one-token text → V×D candidates for captioning."""
+        """Every vocabulary token as its own one-token text → V×D candidates for captioning; cached at inference."""
+        key = ("vocabulary", tuple(sorted(task_flags.items())))
+        return self._cached(key, lambda: self._encode_vocabulary(**task_flags))
+
+    def _encode_vocabulary(self, **task_flags: bool) -> torch.Tensor:
         device = self.pixel_mean.device
         vocab = self.tokenizer.vocab_size
         ids = torch.arange(vocab, device=device).unsqueeze(1)  # V×1

@@ -1,0 +1,262 @@
+"""Reading a request: multipart upload or JSON with base64, validated parameters, image checks, limits.
+
+Both input forms give the same ``ParsedRequest``, so the same image answers the same way either way:
+
+- ``multipart/form-data``: the image as a file field (``image``; ``images`` repeated for a gallery),
+  every other parameter as a form field, lists as JSON strings (``class_names='["cat", "dog"]'``).
+- ``application/json``: ``{"image": "<base64>", ...}`` (a ``data:`` URL prefix is accepted).
+
+Refusals: bad body or undecodable/empty data → 400; not an image we accept → 415; missing, unknown or
+mistyped fields → 422; decoded size over ``Limits.max_pixels`` → 413 (read from the header, before any
+pixel is decoded); a body over ``Limits.max_body_bytes`` → 413 before it is parsed (a declared
+``Content-Length`` is refused without reading a byte; a chunked body as soon as it passes the limit).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from PIL import Image, UnidentifiedImageError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException
+from starlette.requests import Request
+
+from serve.errors import ApiError, validation_details
+
+ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+Sentence = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1000)]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Limits:
+    """Request limits of the ingress."""
+
+    max_body_bytes: int = 20 * 2**20
+    """Largest request body; a larger one is refused with 413 before it is read."""
+    max_pixels: int = 40_000_000
+    """Largest decoded image (width × height), checked from the header: decompression bombs get 413."""
+    max_gallery_images: int = 64
+    """Most images uploaded with one ``/v1/retrieve/image`` request."""
+
+
+# --------------------------------------------------------------------------------- parameters
+class Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ClassifyParams(Params):
+    class_names: list[Name] | None = Field(None, min_length=1, max_length=1000,
+                                           description="open vocabulary; default: the checkpoint's names")
+    top_k: int = Field(5, ge=1, le=1000, description="labels returned, best first")
+
+
+class DetectParams(Params):
+    class_names: list[Name] | None = Field(None, min_length=1, max_length=1000,
+                                           description="open vocabulary; default: the checkpoint's names")
+    score_threshold: float = Field(0.0, ge=0.0, le=1.0, description="drop detections scoring at or below it")
+    max_detections: int | None = Field(None, ge=1, le=1000, description="default: the checkpoint's limit")
+
+
+class CaptionParams(Params):
+    beam_size: int | None = Field(None, ge=1, le=10, description="default: the checkpoint's beam size")
+    max_length: int | None = Field(None, ge=2, le=128, description="most tokens generated")
+
+
+class RetrieveTextParams(Params):
+    texts: list[Sentence] = Field(..., min_length=1, max_length=256, description="candidate texts to rank")
+
+
+class RetrieveImageParams(Params):
+    text: Sentence = Field(..., description="the query")
+    top_k: int = Field(10, ge=1, le=1000, description="images returned, best first")
+
+
+@dataclass(frozen=True)
+class ParsedRequest:
+    images: list[bytes]
+    """The uploaded image (one) or gallery (any number, possibly none), checked by ``inspect_image``."""
+    params: Params
+
+
+@dataclass(frozen=True)
+class ImageField:
+    """Where a route's images come from: one required ``image`` or an optional repeated ``images``."""
+
+    name: str = "image"
+    many: bool = False
+
+
+# ------------------------------------------------------------------------------------- images
+def inspect_image(data: bytes, limits: Limits, field: str = "image") -> tuple[str, int, int]:
+    """Check an encoded image from its header only → (format, width, height); refuse with 400/413/415.
+
+    Full decoding (where truncation shows) happens next, in ``serve.preprocessing``, which answers 400.
+    """
+    if not data:
+        raise ApiError(400, f"{field}: empty file")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            fmt, (width, height) = image.format, image.size
+    except Image.DecompressionBombError as err:
+        raise ApiError(413, f"{field}: image too large ({err})") from None
+    except UnidentifiedImageError:
+        raise ApiError(415, f"{field}: not an image (accepted: {', '.join(ACCEPTED_FORMATS)})") from None
+    except Exception as err:  # PIL raises many types for malformed headers
+        raise ApiError(400, f"{field}: undecodable image ({err})") from None
+    if fmt not in ACCEPTED_FORMATS:
+        raise ApiError(415, f"{field}: image format {fmt} not accepted (accepted: {', '.join(ACCEPTED_FORMATS)})")
+    if width * height > limits.max_pixels:
+        raise ApiError(413, f"{field}: {width}x{height} = {width * height} pixels, over the limit of "
+                            f"{limits.max_pixels}")
+    return fmt, width, height
+
+
+def decode_base64(value: Any, field: str) -> bytes:
+    if not isinstance(value, str):
+        raise ApiError(422, f"{field}: must be a base64 string")
+    if value.startswith("data:"):
+        value = value.partition(",")[2]
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(400, f"{field}: not valid base64") from None
+
+
+# ----------------------------------------------------------------------------------- parsing
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The whole body, refused with 413 as soon as it is known to pass ``max_bytes``.
+
+    The body is cached on the request, so ``request.form()`` / ``request.json()`` parse it afterwards.
+    """
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise ApiError(400, "invalid Content-Length header")
+        if int(declared) > max_bytes:
+            raise ApiError(413, f"request body of {declared} bytes is over the limit of {max_bytes} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise ApiError(413, f"request body is over the limit of {max_bytes} bytes")
+        chunks.append(chunk)
+    request._body = b"".join(chunks)  # Starlette's own cache: form() and json() read it from here
+    return request._body
+
+
+async def parse_request(request: Request, params_model: type[Params], image_field: ImageField,
+                        limits: Limits) -> ParsedRequest:
+    """The request's images and validated parameters, whichever of the two input forms it uses."""
+    await read_body(request, limits.max_body_bytes)
+    mime = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if mime == "multipart/form-data":
+        images, fields = await _read_multipart(request, image_field, limits)
+    elif mime == "application/json" or mime.endswith("+json"):
+        images, fields = await _read_json(request, image_field)
+    else:
+        raise ApiError(415, f"content type {mime or '(none)'} not accepted: send multipart/form-data "
+                            "or application/json")
+    if not image_field.many and len(images) != 1:
+        message = "field required" if not images else "exactly one image expected"
+        raise ApiError(422, f"{image_field.name}: {message}")
+    if len(images) > limits.max_gallery_images:
+        raise ApiError(422, f"{image_field.name}: at most {limits.max_gallery_images} images per request")
+    try:
+        params = params_model.model_validate(fields)
+    except ValidationError as err:
+        summary, details = validation_details(err.errors())
+        raise ApiError(422, summary) from None
+    for index, data in enumerate(images):
+        inspect_image(data, limits, image_field.name if not image_field.many else f"{image_field.name}[{index}]")
+    return ParsedRequest(images=images, params=params)
+
+
+async def _read_multipart(request: Request, image_field: ImageField, limits: Limits):
+    try:
+        form = await request.form(max_files=limits.max_gallery_images + 1, max_fields=64)
+    except (MultiPartException, ValueError, KeyError) as err:
+        raise ApiError(400, f"malformed multipart body: {err}") from None
+    images: list[bytes] = []
+    values: dict[str, list[str]] = {}
+    try:
+        for key, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                if key != image_field.name:
+                    raise ApiError(422, f"{key}: unexpected file field (the image goes in '{image_field.name}')")
+                images.append(await value.read())
+            elif key == image_field.name:
+                raise ApiError(422, f"{key}: must be a file upload")
+            else:
+                values.setdefault(key, []).append(value)
+    finally:
+        await form.close()
+    fields: dict[str, Any] = {}
+    for key, items in values.items():
+        if len(items) > 1:
+            fields[key] = items
+        else:
+            fields[key] = _form_value(items[0])
+    return images, fields
+
+
+def _form_value(text: str) -> Any:
+    """A form field: lists (and null) arrive as JSON strings; scalars stay text for pydantic to coerce."""
+    stripped = text.strip()
+    if stripped.startswith("[") or stripped == "null":
+        try:
+            return json.loads(stripped)
+        except json.JSONDecodeError:
+            raise ApiError(422, f"not a valid JSON list: {stripped[:80]!r}") from None
+    return text
+
+
+async def _read_json(request: Request, image_field: ImageField):
+    body = await request.body()
+    try:
+        fields = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ApiError(400, f"malformed JSON body: {err}") from None
+    if not isinstance(fields, dict):
+        raise ApiError(422, "body: must be a JSON object")
+    raw = fields.pop(image_field.name, None)
+    if raw is None:
+        return [], fields
+    if image_field.many:
+        if not isinstance(raw, list):
+            raise ApiError(422, f"{image_field.name}: must be a list of base64 strings")
+        return [decode_base64(item, f"{image_field.name}[{i}]") for i, item in enumerate(raw)], fields
+    return [decode_base64(raw, image_field.name)], fields
+
+
+def json_schemas(params_model: type[Params], image_field: ImageField) -> dict:
+    """OpenAPI ``requestBody`` for a route: the same fields as JSON (base64 image) or multipart (file)."""
+    schema = params_model.model_json_schema()
+    properties = dict(schema.get("properties", {}))
+    required = list(schema.get("required", []))
+    if image_field.many:
+        as_json = {"type": "array", "items": {"type": "string", "format": "byte"},
+                   "description": "gallery images, base64"}
+        as_file = {"type": "array", "items": {"type": "string", "format": "binary"}}
+    else:
+        as_json = {"type": "string", "format": "byte", "description": "the image, base64"}
+        as_file = {"type": "string", "format": "binary"}
+        required = [image_field.name] + required
+    form_properties = {name: ({"type": "string", "description": "a JSON list, e.g. [\"a\", \"b\"]"}
+                              if _is_list(prop) else prop) for name, prop in properties.items()}
+    return {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": {"type": "object", "required": required,
+                                        "properties": {image_field.name: as_json, **properties}}},
+        "multipart/form-data": {"schema": {"type": "object", "required": required,
+                                           "properties": {image_field.name: as_file, **form_properties}}},
+    }}}
+
+
+def _is_list(prop: dict) -> bool:
+    return prop.get("type") == "array" or any(option.get("type") == "array" for option in prop.get("anyOf", ()))
