@@ -14,7 +14,7 @@ from unip2.config_io import validate
 def _tiny() -> ModelConfig:
     return ModelConfig(
         preset="tiny",
-        image_size=128,
+        image_size=96,
         # LayerNorm ConvNeXt (like Swin, no BatchNorm statistics to mix across tasks), strides 8/16/32.
         backbone=BackboneConfig(name="convnext_atto", out_indices=(1, 2, 3)),
         proposals=ProposalConfig(dim=64, num_heads=4, num_points=4, encoder_layers=1, decoder_layers=2,
