@@ -33,7 +33,8 @@ from unip2.training_setup import TaskLoss, build_optimizer, learning_rate, set_l
 FAIL_AT_STEP = "UNIP2_TEST_FAIL_AT_STEP"  # raise once at this step, to test resume after a failure
 FAIL_MARKER = "UNIP2_TEST_FAIL_MARKER"    # file created when the failure fired (so it fires once)
 TRACE_DIR = "UNIP2_TEST_TRACE_DIR"        # each rank appends "step task first-image-id" lines here
-TEST_HOOKS = (FAIL_AT_STEP, FAIL_MARKER, TRACE_DIR)
+NAN_STEPS = "UNIP2_TEST_NAN_STEPS"        # comma-separated steps whose loss is made NaN
+TEST_HOOKS = (FAIL_AT_STEP, FAIL_MARKER, TRACE_DIR, NAN_STEPS)
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
@@ -92,6 +93,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         with wrapped.no_sync() if mixed else contextlib.nullcontext():  # forward and backward together
             with autocast:
                 loss, _ = wrapped(task_name, batch, gather=gather or local_gather)
+            if str(step) in hooks.get(NAN_STEPS, "").split(","):
+                loss = loss * float("nan")
             loss.backward()
         omega, s = run.tasks[task_name].omega, ratios[task_name]
         if mixed:  # each worker normalizes its own task, then the average is applied as is

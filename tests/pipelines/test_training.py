@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 import unip2
 from pipelines.run_setup import prepare_run
 from pipelines.step_stream import StepBatchLoader
-from pipelines.train_loop import FAIL_AT_STEP, FAIL_MARKER, TRACE_DIR
+from pipelines.train_loop import FAIL_AT_STEP, FAIL_MARKER, NAN_STEPS, TRACE_DIR
 from pipelines.trainer import fit, stream_spec
 from unip2.optim import MTAdamW
 from unip2.training_setup import TaskLoss, build_optimizer
@@ -38,18 +38,24 @@ def train(tmp_path, name, overrides, monkeypatch=None, env=None):
 def test_short_run_trains_every_worker_on_one_task_per_step(ray_local, embedded_data, tmp_path, monkeypatch):
     trace = tmp_path / "trace"
     trace.mkdir()
+    # Classification is drawn most and reads 12 rows per worker: its 48 training rows pass several epochs.
     run, out, root, checkpoint = train(
-        tmp_path, "short", SMALL + small_batches() + [f"data.root={embedded_data}", "train.steps=10",
-                                                      "train.checkpoint_every=5"],
-        monkeypatch, {TRACE_DIR: str(trace)})
+        tmp_path, "short", SMALL + small_batches() + [
+            f"data.root={embedded_data}", "train.steps=10", "train.checkpoint_every=5",
+            "tasks.classification.batch_size=12", "tasks.classification.sampling_weight=6"],
+        monkeypatch, {TRACE_DIR: str(trace), NAN_STEPS: "3"})
     state = json.loads((checkpoint / "train_state.json").read_text())
     assert state["step"] == 10 and len(state["history"]) == 5
+    assert state["nonfinite_steps"] == 1  # the NaN step was skipped and counted, training went on
+    assert all(torch.isfinite(v).all() for v in weights(checkpoint).values())
     rank0 = [line.split() for line in (trace / "rank0.txt").read_text().splitlines()]
     rank1 = [line.split() for line in (trace / "rank1.txt").read_text().splitlines()]
     assert [int(r[0]) for r in rank0] == list(range(10))
     assert [r[1] for r in rank0] == [r[1] for r in rank1]  # unmixed: the same task on every worker
     assert [r[2] for r in rank0] != [r[2] for r in rank1]  # ... with different rows
-    assert len({r[1] for r in rank0}) >= 3
+    assert len({r[1] for r in rank0}) >= 2
+    classification_steps = sum(r[1] == "classification" for r in rank0)
+    assert classification_steps * 2 * 12 > 48  # more than one epoch of the smallest dataset streamed
     model = unip2.load(checkpoint / "model")  # the checkpoint is a plain unip2 model folder
     assert model.config.image_size == 64
 
@@ -103,6 +109,13 @@ def test_two_worker_step_equals_one_process_on_the_concatenated_batch(ray_local,
     update_ddp = torch.cat([(distributed[n] - initial[n]).flatten() for n in names])
     assert update_single.norm() > 0
     assert (update_ddp - update_single).norm() / update_single.norm() < 1e-3
+
+
+def test_consecutive_nonfinite_losses_stop_the_run(ray_local, embedded_data, tmp_path, monkeypatch):
+    overrides = SMALL + small_batches() + [f"data.root={embedded_data}", "train.steps=6", "train.max_bad_steps=2",
+                                           "scale.max_failures=0", "scale.num_workers=1"]
+    with pytest.raises(Exception, match="consecutive steps with a non-finite loss"):
+        train(tmp_path, "nan", overrides, monkeypatch, {NAN_STEPS: "1,2"})
 
 
 def test_invalid_config_is_refused_naming_the_field(embedded_data, tmp_path):
