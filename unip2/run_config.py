@@ -75,8 +75,8 @@ class OptimConfig:
 
     name: Literal["mt_adamw", "adamw"] = "mt_adamw"
     """``mt_adamw``: task-balanced gradient normalization; ``adamw``: the ablation without it."""
-    lr: float = 1e-3
-    """Peak learning rate."""
+    lr: float = 2e-4
+    """Peak learning rate (MT-AdamW steps are ~(1−β1)/s_k / √((1−β2)/s_k) × lr per parameter)."""
     backbone_lr_scale: float = 1.0
     """Learning-rate multiplier of the image backbone (lower it for pretrained backbones)."""
     betas: tuple[float, float] = (0.9, 0.999)
