@@ -81,9 +81,10 @@ def stream_steps(spec: dict, *, rank: int, start: int, concurrency: int, num_cpu
     context.enable_progress_bars = False  # the training loop prints its own progress
     for first in range(start, spec["total_steps"], window):
         steps = np.arange(first, min(first + window, spec["total_steps"]), dtype=np.int64)
-        # from_numpy builds blocks in this process: no read task waits for a CPU the trainers hold.
-        # Its column is "data"; no rename, which would add an operator that needs a CPU of its own.
-        dataset = ray.data.from_numpy([steps[i:i + 1] for i in range(steps.size)]).map_batches(
+        # from_items builds its blocks in this process (from_numpy runs a 1-CPU task per block, which
+        # waits forever when training workers and loaders hold every CPU of a node). Column "data".
+        items = [{"data": int(step)} for step in steps]
+        dataset = ray.data.from_items(items, override_num_blocks=steps.size).map_batches(
             StepBatchLoader, fn_constructor_kwargs={"spec": spec, "rank": rank}, batch_size=1,
             concurrency=concurrency, num_cpus=num_cpus)
         for row in dataset.iter_batches(batch_size=1, prefetch_batches=prefetch, batch_format="numpy"):

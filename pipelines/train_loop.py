@@ -30,7 +30,7 @@ from unip2.tasks.base import local_gather
 from unip2.training_setup import TaskLoss, build_optimizer, learning_rate, set_learning_rate
 
 # Test-only hooks, read from the driver's environment (so no config field exists for them):
-FAIL_AT_STEP = "UNIP2_TEST_FAIL_AT_STEP"  # raise once at this step, to test resume after a failure
+FAIL_AT_STEP = "UNIP2_TEST_FAIL_AT_STEP"  # rank 0 raises once at this step, to test resume after a failure
 FAIL_MARKER = "UNIP2_TEST_FAIL_MARKER"    # file created when the failure fired (so it fires once)
 TRACE_DIR = "UNIP2_TEST_TRACE_DIR"        # each rank appends "step task first-image-id" lines here
 NAN_STEPS = "UNIP2_TEST_NAN_STEPS"        # comma-separated steps whose loss is made NaN
@@ -78,7 +78,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     stream = stream_steps(spec, rank=rank, start=state["step"], concurrency=run.data.loader_concurrency,
                           num_cpus=run.data.loader_cpus, prefetch=run.data.prefetch_steps)
     for step, task_name, np_batch, bad_rows in stream:
-        _maybe_fail(step, hooks)
+        _maybe_fail(step, hooks, rank)
         skipped.update(bad_rows)
         if np_batch is None:
             raise RuntimeError(f"step {step}: every row of the {task_name} batch was unreadable")
@@ -164,9 +164,9 @@ def _report(state: dict, *, model, optimizer, run: RunConfig, rank: int) -> None
                          checkpoint_dir_name=f"checkpoint_{state['step']:07d}")
 
 
-def _maybe_fail(step: int, hooks: dict) -> None:
+def _maybe_fail(step: int, hooks: dict, rank: int) -> None:
     fail_at, marker = hooks.get(FAIL_AT_STEP), hooks.get(FAIL_MARKER)
-    if fail_at is not None and marker and step == int(fail_at) and not Path(marker).exists():
+    if rank == 0 and fail_at is not None and marker and step == int(fail_at) and not Path(marker).exists():
         Path(marker).write_text(str(step))
         raise RuntimeError(f"test-only failure injected at step {step}")
 

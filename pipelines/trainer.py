@@ -36,8 +36,11 @@ def stream_spec(run: RunConfig, data_root: Path) -> dict:
 def make_trainer(run: RunConfig, *, out: Path, data_root: Path) -> TorchTrainer:
     use_gpu = ray_runtime.cluster_has_gpus() if run.scale.use_gpu is None else run.scale.use_gpu
     resources = {"CPU": run.scale.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
-    storage = Path(run.scale.storage_path).expanduser() if run.scale.storage_path else out / "ray"
-    storage_path = str(storage.resolve()) if "://" not in str(storage) else str(storage)
+    storage_path = run.scale.storage_path
+    if storage_path is None:
+        storage_path = str((out / "ray").resolve())
+    elif "://" not in storage_path:  # a path every node sees; a URI (s3://, gs://) goes to Ray as is
+        storage_path = str(Path(storage_path).expanduser().resolve())
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"run": config_io.to_dict(run), "stream": stream_spec(run, data_root),

@@ -127,3 +127,14 @@ def test_invalid_config_is_refused_naming_the_field(embedded_data, tmp_path):
         prepare_run(None, ["tasks.depth.omega=1", f"data.root={embedded_data}"], out=str(tmp_path / "b"))
     with pytest.raises(FileNotFoundError, match="nowhere"):
         prepare_run(None, ["data.root=/nowhere"], out=str(tmp_path / "c"))
+
+
+def test_cloud_storage_uri_is_passed_to_ray_as_is(embedded_data, tiny_config, tmp_path):
+    from pipelines.trainer import make_trainer
+    from unip2.run_config import load_run_config
+
+    run = load_run_config(overrides=["scale.storage_path=s3://bucket/unip2-runs", "scale.use_gpu=false",
+                                     f"data.root={embedded_data}"])
+    run.model.class_names = dict(tiny_config.class_names)
+    trainer = make_trainer(run, out=tmp_path / "run", data_root=embedded_data)
+    assert trainer.run_config.storage_path == "s3://bucket/unip2-runs"

@@ -1,0 +1,251 @@
+"""One device, one training step per task: steps/s, peak memory and MFU of a unip2 preset (BASE by default).
+
+    python benchmarks/gpu_step.py                                        # BASE, base.yaml's tasks and batches, cuda
+    python benchmarks/gpu_step.py --preset large --steps 30 --out large.json
+    python benchmarks/gpu_step.py --compile                              # torch.compile backbone and decoder
+    python benchmarks/gpu_step.py --device cpu --preset tiny --steps 3   # CPU smoke (any machine)
+
+A step is what ``pipelines/train_loop.py`` does per step on one worker, without DDP: collate (host →
+device), forward + backward under bf16 autocast (on CUDA), MT-AdamW step. Inputs are real task batches of
+the synthetic shapes world, made by each task's own ``preprocess`` at the run config's per-task batch and
+image sizes (``--config``, default ``pipelines/configs/<preset>.yaml``, ``default.yaml`` for tiny). Label
+spaces and the vocabulary are padded to the real datasets' sizes (ImageNet 1000, COCO 80, RoBERTa 50265
+tokens), because classification and captioning encode every candidate at every step.
+
+FLOPs of one step are counted by ``torch.utils.flop_counter.FlopCounterMode`` (matmuls, convolutions,
+attention; not grid_sample, norms or element-wise ops), so MFU = counted FLOPs × steps/s / peak.
+``--peak-tflops`` defaults to 989 (H100/H200 SXM bf16 dense) on CUDA and to a measured matmul on CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer
+from torch.utils.flop_counter import FlopCounterMode
+
+import unip2
+from unip2.data.prepare import prepare
+from unip2.data.row_reader import RowReader
+from unip2.data.synthetic import SyntheticConfig, generate
+from unip2.model.tokenizer import TextTokenizer
+from unip2.run_config import RunConfig, TaskRunConfig, load_run_config
+from unip2.tasks import TASKS
+from unip2.training_setup import TaskLoss, build_optimizer
+
+ROOT = Path(__file__).resolve().parents[1]
+H100_BF16_DENSE_TFLOPS = 989.0
+# Sizes of the real label spaces and vocabulary (what a BASE run on COCO + ImageNet encodes per step).
+REAL_LABEL_SPACES = {"imagenet": 1000, "coco": 80}
+CONFIG_OF_PRESET = {"tiny": "default.yaml", "base": "base.yaml", "large": "large.yaml"}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="base", choices=sorted(CONFIG_OF_PRESET), help="model preset")
+    parser.add_argument("--config", help="run config giving per-task batch and image sizes "
+                                         "(default: pipelines/configs/<preset>.yaml; default.yaml for tiny)")
+    parser.add_argument("--tasks", nargs="+", help="tasks to measure (default: the config's tasks)")
+    parser.add_argument("--device", default="cuda", help="cuda, cuda:1, cpu")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per task")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per task before timing")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads on CPU (default: torch's own)")
+    parser.add_argument("--peak-tflops", type=float, help="device peak for MFU (default: 989 on CUDA, a "
+                                                          "measured matmul on CPU)")
+    parser.add_argument("--measure-peak", action="store_true", help="use a measured matmul as the peak")
+    parser.add_argument("--no-bf16", action="store_true", help="fp32 on CUDA (bf16 autocast is the default)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the backbone and the decoder")
+    parser.add_argument("--real-sizes", choices=["auto", "on", "off"], default="auto",
+                        help="pad label spaces and vocabulary to the real datasets' sizes (auto: not for tiny)")
+    parser.add_argument("--out", help="write the results as JSON here")
+    parser.add_argument("overrides", nargs="*", help="key=value run-config overrides, e.g. tasks.captioning.batch_size=16")
+    return parser.parse_args(argv)
+
+
+def synthetic_rows(folder: Path) -> tuple[Path, dict[str, list[str]]]:
+    """A few shapes-world images per dataset, converted like real data → (Parquet folder, class names)."""
+    raw = folder / "raw"
+    generate(raw, SyntheticConfig(train_images=24, val_images=4, cls_train_per_class=4, cls_val_per_class=1,
+                                  image_size=224))
+    manifest = prepare(out=folder / "parquet", coco=raw / "coco", imagenet=raw / "imagenet",
+                       karpathy=raw / "coco" / "dataset_coco.json", progress_interval_s=3600)
+    return folder / "parquet", manifest["class_names"]
+
+
+def padded_tokenizer(vocab_size: int) -> TextTokenizer:
+    """unip2's tokenizer with unused tokens appended up to ``vocab_size`` rows (captioning scores them all)."""
+    backend = Tokenizer.from_str(TextTokenizer.from_file(None).to_json())
+    missing = vocab_size - backend.get_vocab_size(with_added_tokens=True)
+    if missing > 0:
+        backend.add_tokens([f"<unused{i}>" for i in range(missing)])
+    return TextTokenizer(tokenizer=backend)
+
+
+def build(run: RunConfig, manifest_names: dict[str, list[str]], *, real_sizes: bool):
+    """The run's model with the data's class names, padded to the real sizes when ``real_sizes``."""
+    config = run.model
+    names = {space: list(v) for space, v in manifest_names.items()}
+    if real_sizes:  # extra, never-labelled names after the data's own: the candidate count is what costs
+        for space, size in REAL_LABEL_SPACES.items():
+            known = names.get(space, [])
+            names[space] = known + [f"object kind {i}" for i in range(size - len(known))]
+    config.class_names = names
+    tokenizer = padded_tokenizer(config.text.vocab_size) if real_sizes else TextTokenizer.from_file(
+        config.text.tokenizer_path)
+    torch.manual_seed(0)
+    return unip2.build_model(config, tokenizer)
+
+
+def measured_peak_tflops(device: torch.device, bf16: bool) -> float:
+    """Best of a few large matmuls, in TFLOP/s (bf16 on CUDA unless disabled, fp32 on CPU)."""
+    n, repeats = (8192, 10) if device.type == "cuda" else (768, 2)
+    dtype = torch.bfloat16 if (device.type == "cuda" and bf16) else torch.float32
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    best = 0.0
+    for _ in range(3):
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        sync(device)
+        best = max(best, repeats * 2 * n**3 / (time.perf_counter() - start) / 1e12)
+    return best
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def task_batch(task_name: str, run: RunConfig, root: Path, tokenizer: TextTokenizer) -> dict:
+    """The numpy batch ``preprocess`` makes for one training step (rows repeat if the folder has fewer)."""
+    task = TASKS[task_name]
+    reader = RowReader(root, task.dataset, "train")
+    rows = np.arange(run.tasks[task_name].batch_size) % reader.num_rows
+    return task.preprocess(reader.read(rows), image_size=run.image_size(task_name), tokenizer=tokenizer,
+                           train=True, rng=np.random.default_rng(0), max_text_length=run.data.max_text_length)
+
+
+def make_step(task_name: str, np_batch: dict, *, loss_module, optimizer, device: torch.device, autocast):
+    """One training step as the training loop takes it (collate, forward, backward, MT-AdamW) → loss."""
+    task = TASKS[task_name]
+
+    def step() -> torch.Tensor:
+        batch = task.collate(np_batch, device)
+        optimizer.zero_grad(set_to_none=True)
+        with autocast:
+            loss, _ = loss_module(task_name, batch)
+        loss.backward()
+        optimizer.step(omega=1.0, s=1.0)
+        return loss
+
+    return step
+
+
+def count_flops(step) -> float:
+    """FLOPs of one step (forward + backward), counted in eager mode."""
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return float(counter.get_total_flops())
+
+
+def time_steps(step, *, device: torch.device, steps: int, warmup: int) -> dict:
+    """Mean wall time of ``steps`` steps after ``warmup`` ones, and the peak memory while they ran."""
+    for _ in range(warmup):
+        step()
+    sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        loss = step()
+    sync(device)
+    seconds = (time.perf_counter() - start) / steps
+    # CUDA: most memory allocated by tensors; CPU: the process's peak resident set (all tasks so far).
+    peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    return {"steps_per_s": 1.0 / seconds, "step_ms": seconds * 1e3, "loss": float(loss.detach()), "peak_mem_gib": peak / 2**30}
+
+
+def collate_ms(task_name: str, np_batch: dict, device: torch.device, repeats: int = 5) -> float:
+    """Host → device time of one batch (numpy → tensors → ``.to(device)``), part of every step."""
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        TASKS[task_name].collate(np_batch, device)
+    sync(device)
+    return (time.perf_counter() - start) * 1e3 / repeats
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("error: no CUDA device here; use --device cpu", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = Path(args.config) if args.config else ROOT / "pipelines" / "configs" / CONFIG_OF_PRESET[args.preset]
+    run = load_run_config(config, [f"model.preset={args.preset}", *args.overrides])
+    tasks = args.tasks or list(run.tasks)
+    unknown = [name for name in tasks if name not in TASKS]
+    if unknown:
+        print(f"error: unknown task(s) {unknown}; registered: {', '.join(TASKS)}", file=sys.stderr)
+        return 2
+    for name in tasks:  # a task the config leaves out runs with the default batch at the model's image size
+        run.tasks.setdefault(name, TaskRunConfig())
+    bf16 = device.type == "cuda" and not args.no_bf16
+    real_sizes = args.real_sizes == "on" or (args.real_sizes == "auto" and args.preset != "tiny")
+
+    started = time.time()
+    with tempfile.TemporaryDirectory() as folder:
+        root, class_names = synthetic_rows(Path(folder))
+        model = build(run, class_names, real_sizes=real_sizes).to(device).train()
+        batches = {name: task_batch(name, run, root, model.tokenizer) for name in tasks}
+    optimizer = build_optimizer(model, name="mt_adamw", lr=run.optim.lr, betas=run.optim.betas, eps=run.optim.eps,
+                                weight_decay=run.optim.weight_decay, backbone_lr_scale=run.optim.backbone_lr_scale)
+    loss_module = TaskLoss(model)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    steps = {name: make_step(name, batches[name], loss_module=loss_module, optimizer=optimizer, device=device,
+                             autocast=autocast) for name in tasks}
+    flops = {name: count_flops(steps[name]) for name in tasks}  # eager, before any compilation
+    if args.compile:  # in place (state_dict keys unchanged), the two big stacks, as train.compile would
+        model.backbone.compile()
+        model.decoder.compile()
+    measured = args.measure_peak or (args.peak_tflops is None and device.type != "cuda")
+    peak = measured_peak_tflops(device, bf16) if measured else (args.peak_tflops or H100_BF16_DENSE_TFLOPS)
+    params = sum(p.numel() for p in model.parameters())
+    header = {"preset": args.preset, "device": str(device),
+              "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+              "bf16": bf16, "compile": args.compile, "parameters_m": params / 1e6, "peak_tflops": peak,
+              "peak_measured": measured, "real_sizes": real_sizes, "vocab_size": model.tokenizer.vocab_size,
+              "setup_s": time.time() - started, "torch": torch.__version__, "steps": args.steps}
+    print(f"[gpu_step] {args.preset}: {params / 1e6:.1f}M parameters on {header['device_name']}, bf16={bf16}, "
+          f"compile={args.compile}, peak {peak:.2f} TFLOP/s ({'measured' if measured else 'given'})", flush=True)
+    results = {}
+    for name in tasks:
+        figures = time_steps(steps[name], device=device, steps=args.steps, warmup=args.warmup)
+        figures.update(batch_size=run.tasks[name].batch_size, image_size=run.image_size(name),
+                       tflop_per_step=flops[name] / 1e12, collate_ms=collate_ms(name, batches[name], device),
+                       mfu=flops[name] * figures["steps_per_s"] / (peak * 1e12))
+        results[name] = figures
+        print(f"[gpu_step] {name:22s} batch {figures['batch_size']:3d} @ {figures['image_size']:4d}px "
+              f"{figures['steps_per_s']:7.2f} steps/s {figures['step_ms']:8.1f} ms/step "
+              f"(collate {figures['collate_ms']:6.1f} ms) {figures['tflop_per_step']:8.3f} TFLOP/step "
+              f"MFU {100 * figures['mfu']:5.1f}% peak mem {figures['peak_mem_gib']:6.2f} GiB", flush=True)
+    if args.out:
+        Path(args.out).write_text(json.dumps({**header, "tasks": results}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
