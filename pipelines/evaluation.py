@@ -36,10 +36,9 @@ from pipelines.evaluation_report import write_report
 from pipelines.prediction_grid import draw_prediction_grid, grid_panels
 from pipelines.ray_runtime import cluster_has_gpus
 from pipelines.task_metrics import TASK_METRICS, MetricContext, TaskOutput
-from unip2 import config_io
 from unip2.config import ModelConfig
 from unip2.data.manifest import load_manifest, split_files
-from unip2.persistence import CONFIG, TOKENIZER, WEIGHTS
+from unip2.persistence import WEIGHTS, load_config
 from unip2.tasks import TASKS, get_task
 
 logger = logging.getLogger("pipelines.evaluation")
@@ -85,13 +84,7 @@ def read_class_names(path: str | Path) -> dict[str, list[str]] | list[str]:
 
 def checkpoint_config(checkpoint_dir: str | Path) -> ModelConfig:
     """The config of a saved checkpoint, read without building the model; refuses an incomplete folder."""
-    directory = Path(checkpoint_dir)
-    if not directory.is_dir():
-        raise FileNotFoundError(f"checkpoint folder not found: {directory}")
-    missing = [name for name in (WEIGHTS, CONFIG, TOKENIZER) if not (directory / name).is_file()]
-    if missing:
-        raise FileNotFoundError(f"checkpoint folder {directory} is incomplete: missing {', '.join(missing)}")
-    return config_io.load(ModelConfig, directory / CONFIG)
+    return load_config(checkpoint_dir)
 
 
 def plan_evaluation(checkpoint_dir: str | Path, data_root: str | Path, *, split: str = "val",

@@ -35,15 +35,21 @@ def save(model: UniPerceiverV2, directory: str | Path) -> Path:
     return directory
 
 
-def load(directory: str | Path, *, device: str | torch.device = "cpu") -> UniPerceiverV2:
-    """Rebuild a saved model. A missing folder or file is refused with its path named."""
+def load_config(directory: str | Path) -> ModelConfig:
+    """The config of a saved model, read without building it. A missing folder or file is refused."""
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"checkpoint folder not found: {directory}")
     missing = [name for name in (WEIGHTS, CONFIG, TOKENIZER) if not (directory / name).is_file()]
     if missing:
         raise FileNotFoundError(f"checkpoint folder {directory} is incomplete: missing {', '.join(missing)}")
-    config = config_io.load(ModelConfig, directory / CONFIG)
+    return config_io.load(ModelConfig, directory / CONFIG)
+
+
+def load(directory: str | Path, *, device: str | torch.device = "cpu") -> UniPerceiverV2:
+    """Rebuild a saved model. A missing folder or file is refused with its path named."""
+    directory = Path(directory)
+    config = load_config(directory)
     # The weights file already holds any pretrained weights: do not read the original files again.
     config = dataclasses.replace(
         config,
