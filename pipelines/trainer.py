@@ -33,7 +33,8 @@ def stream_spec(run: RunConfig, data_root: Path) -> dict:
             "tokenizer_json": TextTokenizer.from_file(run.model.text.tokenizer_path).to_json()}
 
 
-def make_trainer(run: RunConfig, *, out: Path, data_root: Path) -> TorchTrainer:
+def make_trainer(run: RunConfig, *, out: Path, data_root: Path, callbacks: list = ()) -> TorchTrainer:
+    """``callbacks``: Ray Train callbacks of this run (Tune trials pass their progress reporter)."""
     use_gpu = ray_runtime.cluster_has_gpus() if run.scale.use_gpu is None else run.scale.use_gpu
     resources = {"CPU": run.scale.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
     storage_path = run.scale.storage_path
@@ -50,13 +51,14 @@ def make_trainer(run: RunConfig, *, out: Path, data_root: Path) -> TorchTrainer:
         run_config=ray.train.RunConfig(
             name=out.name, storage_path=storage_path,
             failure_config=ray.train.FailureConfig(max_failures=run.scale.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            callbacks=list(callbacks)),
     )
 
 
-def fit(run: RunConfig, *, out: Path, data_root: Path) -> Path:
+def fit(run: RunConfig, *, out: Path, data_root: Path, callbacks: list = ()) -> Path:
     """Train; returns the final checkpoint as a local directory."""
-    result = make_trainer(run, out=out, data_root=data_root).fit()
+    result = make_trainer(run, out=out, data_root=data_root, callbacks=callbacks).fit()
     if result.error is not None:
         raise result.error
     local = out / "last_checkpoint"

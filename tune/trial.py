@@ -1,0 +1,125 @@
+"""One sweep trial: train the run config with the trial's ω_k, s_k and learning rate, evaluate, report.
+
+Train V2 style: the Tune trainable is a driver function that launches the project's TorchTrainer
+(``pipelines.trainer.make_trainer``) and, when it is done, evaluates the final checkpoint with
+``pipelines.evaluation.evaluate``. Every Train report (at each checkpoint: step, ``loss/<task>``) reaches
+Tune through ``ProgressReport`` with the loss ratio to the baseline added, for ASHA; the last report holds
+every task's headline metric and the objective.
+
+Each trial's run folder is ``<sweep>/trials/<trial id>/`` (run config, Train storage, evaluation); a trial
+restarted after an interruption resumes its training from the last checkpoint there.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import ray.tune
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from pipelines.evaluation import evaluate
+from pipelines.run_setup import prepare_run
+from pipelines.trainer import make_trainer
+from tune.objective import FLOOR, OBJECTIVE, PROGRESS, loss_progress, relative_objective, task_scores
+from tune.search_space import to_overrides
+
+
+@dataclass
+class EvaluationSettings:
+    """How a trial's checkpoint is evaluated (small and fast for sweeps)."""
+
+    split: str = "val"
+    max_images: int | None = None
+    """First N rows of each dataset's split; None = all."""
+    meteor: bool = False
+    """METEOR needs a Java process (~10 s): off in sweeps, CIDEr is the captioning metric."""
+    num_cpus: float = 0.25
+    """CPUs of the evaluation's predictor actor."""
+    batch_size: int = 16
+
+
+@dataclass
+class TrialSetup:
+    """Everything a trial needs besides its parameters (shared by all trials of a sweep)."""
+
+    sweep_dir: str
+    cwd: str = "."
+    """The driver's working directory: trials run there (Tune would move them), so relative paths in the
+    run config (``data.cache_dir``, tokenizer files) mean what they mean to the driver."""
+    config_path: str | None = None
+    """Base run config YAML; None = the defaults."""
+    overrides: list[str] = field(default_factory=list)
+    """``key=value`` overrides of the base run config (the trial's parameters come after them)."""
+    evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
+    baseline: dict | None = None
+    """``baseline.json``: {"scores": {metric: value}, "losses": {step: {"loss/<task>": value}}, ...}."""
+    floor: float = FLOOR
+    """δ of the relative objective (``tune.objective``)."""
+
+
+class ProgressReport(TuneReportCallback):
+    """Forwards every Train report to Tune, adding ``progress`` = the loss ratio to the baseline at that step."""
+
+    def __init__(self, reference: dict[int, dict[str, float]]):
+        super().__init__()
+        self.reference = reference
+
+    def after_report(self, run_context, metrics, checkpoint):
+        first = dict(metrics[0])
+        first[PROGRESS] = step_progress(first, self.reference)
+        super().after_report(run_context, [first, *metrics[1:]], checkpoint)
+
+
+def step_progress(losses: dict, reference: dict[int, dict[str, float]]) -> float:
+    """``progress`` of a report {"step", "loss/<task>", ...}; NaN (never stopped on) when no task compares.
+    Every result carries it: Tune refuses results without the scheduler's metric."""
+    shared = reference.get(int(losses.get("step", -1)), {})
+    progress = loss_progress({k: v for k, v in losses.items() if k.startswith("loss/")}, shared)
+    return math.nan if progress is None else progress
+
+
+def train_and_evaluate(setup: TrialSetup, params: dict, out: Path, *, callbacks: list = ()) -> dict:
+    """Train the base config with ``params`` applied into run folder ``out``, then evaluate.
+
+    Returns {"scores": {``<task>/<metric>``: value}, "losses": {step: {"loss/<task>": value}},
+    "train_s", "eval_s"}; also written to ``out/trial.json``.
+    """
+    run, out, data_root = prepare_run(setup.config_path, [*setup.overrides, *to_overrides(params)], out=str(out))
+    started = time.time()
+    result = make_trainer(run, out=out, data_root=data_root, callbacks=callbacks).fit()
+    if result.error is not None:
+        raise result.error
+    trained = time.time()
+    evaluation_settings = setup.evaluation
+    with result.checkpoint.as_directory() as directory:
+        history = json.loads((Path(directory) / "train_state.json").read_text())["history"]
+        evaluation = evaluate(Path(directory) / "model", data_root, split=evaluation_settings.split,
+                              tasks=list(run.tasks), out_dir=out / "evaluation",
+                              max_images=evaluation_settings.max_images, meteor=evaluation_settings.meteor,
+                              num_cpus=evaluation_settings.num_cpus, batch_size=evaluation_settings.batch_size)
+    measured = {"params": params, "scores": task_scores(evaluation, list(run.tasks)),
+                "losses": {entry["step"]: {k: v for k, v in entry.items() if k.startswith("loss/")}
+                           for entry in history},
+                "train_s": trained - started, "eval_s": time.time() - trained}
+    (out / "trial.json").write_text(json.dumps(measured, indent=2))
+    return measured
+
+
+def run_trial(params: dict, *, setup: TrialSetup) -> None:
+    """The Tune trainable (wrap with ``ray.tune.with_parameters(run_trial, setup=...)``)."""
+    started = time.time()
+    os.chdir(setup.cwd)
+    out = Path(setup.sweep_dir) / "trials" / ray.tune.get_context().get_trial_id()
+    losses = {int(step): value for step, value in setup.baseline["losses"].items()}
+    measured = train_and_evaluate(setup, params, out, callbacks=[ProgressReport(losses)])
+    scores = measured["scores"]
+    last = max(measured["losses"])
+    ray.tune.report({**scores, OBJECTIVE: relative_objective(scores, setup.baseline["scores"], floor=setup.floor),
+                     PROGRESS: step_progress({"step": last, **measured["losses"][last]}, losses),
+                     "train_s": measured["train_s"], "eval_s": measured["eval_s"],
+                     "trial_wall_s": time.time() - started, "run_dir": str(out)})
