@@ -40,7 +40,7 @@ from unip2.data.synthetic import SyntheticConfig, generate
 from unip2.model.tokenizer import TextTokenizer
 from unip2.run_config import RunConfig, TaskRunConfig, load_run_config
 from unip2.tasks import TASKS
-from unip2.training_setup import TaskLoss, build_optimizer
+from unip2.training_setup import TaskLoss, build_optimizer, compile_model
 
 ROOT = Path(__file__).resolve().parents[1]
 H100_BF16_DENSE_TFLOPS = 989.0
@@ -219,8 +219,7 @@ def main(argv: list[str] | None = None) -> int:
                              autocast=autocast) for name in tasks}
     flops = {name: count_flops(steps[name]) for name in tasks}  # eager, before any compilation
     if args.compile:  # in place (state_dict keys unchanged), the two big stacks, as train.compile would
-        model.backbone.compile()
-        model.decoder.compile()
+        compile_model(model)
     measured = args.measure_peak or (args.peak_tflops is None and device.type != "cuda")
     peak = measured_peak_tflops(device, bf16) if measured else (args.peak_tflops or H100_BF16_DENSE_TFLOPS)
     params = sum(p.numel() for p in model.parameters())

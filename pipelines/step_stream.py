@@ -29,7 +29,7 @@ def plan_for(spec: dict) -> TrainingPlan:
     """The run's training plan from the plain-dict ``spec`` made by ``stream_spec``."""
     return TrainingPlan(tasks=spec["tasks"], ratios=spec["ratios"], batch_sizes=spec["batch_sizes"],
                         num_rows=spec["num_rows"], num_workers=spec["num_workers"], total_steps=spec["total_steps"],
-                        seed=spec["seed"], mode=spec["mode"], window=spec["window"])
+                        seed=spec["seed"], mode=spec["mode"], window=spec["window"], anchor=spec.get("anchor"))
 
 
 class StepBatchLoader:
@@ -70,11 +70,12 @@ class StepBatchLoader:
 
 
 def stream_steps(spec: dict, *, rank: int, start: int, concurrency: int, num_cpus: float, prefetch: int,
-                 window: int = 1000):
+                 steps_per_block: int = 1, window: int = 1000):
     """Iterate ``(step, task, numpy batch | None, skipped)`` for steps start..total-1 of worker ``rank``.
 
-    Steps go through Ray Data in windows of ``window`` steps, one block per step, so a batch is handed
-    over as soon as it is decoded (a block of many steps would be buffered whole).
+    Steps go through Ray Data in windows of ``window`` steps, ``steps_per_block`` steps per block: one
+    loader call decodes a block, so Ray's fixed cost per block is shared by its steps, while a small
+    block still hands its batches over soon after they are decoded.
     """
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True
@@ -84,8 +85,9 @@ def stream_steps(spec: dict, *, rank: int, start: int, concurrency: int, num_cpu
         # from_items builds its blocks in this process (from_numpy runs a 1-CPU task per block, which
         # waits forever when training workers and loaders hold every CPU of a node). Column "data".
         items = [{"data": int(step)} for step in steps]
-        dataset = ray.data.from_items(items, override_num_blocks=steps.size).map_batches(
-            StepBatchLoader, fn_constructor_kwargs={"spec": spec, "rank": rank}, batch_size=1,
+        blocks = -(-steps.size // steps_per_block)
+        dataset = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
+            StepBatchLoader, fn_constructor_kwargs={"spec": spec, "rank": rank}, batch_size=steps_per_block,
             concurrency=concurrency, num_cpus=num_cpus)
         for row in dataset.iter_batches(batch_size=1, prefetch_batches=prefetch, batch_format="numpy"):
             item = pickle.loads(row["payload"][0])

@@ -18,7 +18,7 @@ import ray.train.torch
 import torch
 
 import unip2
-from pipelines.step_stream import stream_steps
+from pipelines.step_stream import plan_for, stream_steps
 from pipelines.train_checkpoint import load_checkpoint, save_checkpoint
 from unip2 import config_io
 from unip2.distributed import gather_with_grad, normalize_and_average_gradients
@@ -27,12 +27,12 @@ from unip2.optim import global_grad_norm
 from unip2.run_config import RunConfig
 from unip2.tasks import TASKS
 from unip2.tasks.base import local_gather
-from unip2.training_setup import TaskLoss, build_optimizer, learning_rate, set_learning_rate
+from unip2.training_setup import TaskLoss, build_optimizer, compile_model, learning_rate, set_learning_rate
 
 # Test-only hooks, read from the driver's environment (so no config field exists for them):
 FAIL_AT_STEP = "UNIP2_TEST_FAIL_AT_STEP"  # rank 0 raises once at this step, to test resume after a failure
 FAIL_MARKER = "UNIP2_TEST_FAIL_MARKER"    # file created when the failure fired (so it fires once)
-TRACE_DIR = "UNIP2_TEST_TRACE_DIR"        # each rank appends "step task first-image-id" lines here
+TRACE_DIR = "UNIP2_TEST_TRACE_DIR"        # each rank appends "step task image-id image-id ..." lines here
 NAN_STEPS = "UNIP2_TEST_NAN_STEPS"        # comma-separated steps whose loss is made NaN
 TEST_HOOKS = (FAIL_AT_STEP, FAIL_MARKER, TRACE_DIR, NAN_STEPS)
 
@@ -50,6 +50,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         torch.set_num_threads(run.scale.threads_per_worker)
     torch.manual_seed(run.train.seed)  # the same initial weights on every rank
     model = unip2.build_model(run.model, TextTokenizer.from_json(spec["tokenizer_json"])).to(device)
+    if run.train.compile:
+        compile_model(model)
     optimizer = build_optimizer(model, name=run.optim.name, lr=run.optim.lr, betas=run.optim.betas,
                                 eps=run.optim.eps, weight_decay=run.optim.weight_decay,
                                 backbone_lr_scale=run.optim.backbone_lr_scale)
@@ -63,6 +65,16 @@ def train_loop_per_worker(loop_config: dict) -> None:
             state = load_checkpoint(directory, model=model, optimizer=optimizer)
         if rank == 0:
             print(f"[train] resumed at step {state['step']} from {checkpoint.path}", flush=True)
+    # An elastic run may restart with another worker count: continue every task's data stream where the
+    # checkpoint left it (same rows as an unresized run when the count is unchanged), scale the lr.
+    spec = {**spec, "num_workers": world_size}
+    if state.get("stream_anchor") is not None:
+        spec["anchor"] = state["stream_anchor"]
+    plan = plan_for(spec) if run.train.sampling == "unmixed" else None
+    peak_lr = run.optim.lr * run.learning_rate_scale(world_size)
+    if rank == 0 and world_size != run.scale.num_workers:
+        print(f"[train] {world_size} of {run.scale.num_workers} workers: peak lr {peak_lr:.3g} "
+              f"(linear rule), global batch {world_size} × per-task batch", flush=True)
     wrapped = ray.train.torch.prepare_model(
         TaskLoss(model), parallel_strategy_kwargs={"find_unused_parameters": True})
     ratios = run.sampling_ratios()
@@ -76,7 +88,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     skipped = Counter(state["skipped_images"])
     started, window_start, window_steps = time.time(), time.time(), 0
     stream = stream_steps(spec, rank=rank, start=state["step"], concurrency=run.data.loader_concurrency,
-                          num_cpus=run.data.loader_cpus, prefetch=run.data.prefetch_steps)
+                          num_cpus=run.data.loader_cpus, prefetch=run.data.prefetch_steps,
+                          steps_per_block=run.data.steps_per_block)
     for step, task_name, np_batch, bad_rows in stream:
         _maybe_fail(step, hooks, rank)
         skipped.update(bad_rows)
@@ -85,7 +98,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         task = TASKS[task_name]
         batch = task.collate(np_batch, device)
         _trace(rank, step, task_name, batch, hooks)
-        set_learning_rate(optimizer, learning_rate(step, total_steps=total, peak=run.optim.lr,
+        set_learning_rate(optimizer, learning_rate(step, total_steps=total, peak=peak_lr,
                                                    warmup_steps=run.optim.warmup_steps,
                                                    min_ratio=run.optim.min_lr_ratio))
         optimizer.zero_grad(set_to_none=True)
@@ -120,7 +133,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         if state["step"] % run.train.log_every == 0 or done:
             now = time.time()
             speed = window_steps / max(now - window_start, 1e-9)
-            entry = {"step": state["step"], "steps_per_s": speed,
+            entry = {"step": state["step"], "steps_per_s": speed, "workers": world_size,
                      **{f"loss/{name}": sum(v) / len(v) for name, v in window_losses.items()}}
             state["history"].append(entry)
             state["train_seconds"] += now - window_start
@@ -133,6 +146,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
             window_start, window_steps = now, 0
         if state["step"] % run.train.checkpoint_every == 0 or done:
             state["skipped_images"] = dict(skipped)
+            state["stream_anchor"] = plan.anchor_at(state["step"]) if plan is not None else None
+            state["world_size"] = world_size
             _report(state, model=model, optimizer=optimizer, run=run, rank=rank)
     if rank == 0:
         print(f"[train] finished {total} steps in {time.time() - started:.0f} s", flush=True)
@@ -175,4 +190,4 @@ def _trace(rank: int, step: int, task: str, batch: dict, hooks: dict) -> None:
     directory = hooks.get(TRACE_DIR)
     if directory:
         with open(Path(directory) / f"rank{rank}.txt", "a") as handle:
-            handle.write(f"{step} {task} {int(batch['image_id'][0])}\n")
+            handle.write(f"{step} {task} {' '.join(str(int(i)) for i in batch['image_id'])}\n")

@@ -33,6 +33,13 @@ def stream_spec(run: RunConfig, data_root: Path) -> dict:
             "tokenizer_json": TextTokenizer.from_file(run.model.text.tokenizer_path).to_json()}
 
 
+def worker_count(run: RunConfig) -> int | tuple[int, int]:
+    """Ray Train's ``num_workers``: fixed, or (min, max) for an elastic run."""
+    if run.scale.min_workers is None or run.scale.min_workers == run.scale.num_workers:
+        return run.scale.num_workers
+    return (run.scale.min_workers, run.scale.num_workers)
+
+
 def make_trainer(run: RunConfig, *, out: Path, data_root: Path, callbacks: list = ()) -> TorchTrainer:
     """``callbacks``: Ray Train callbacks of this run (Tune trials pass their progress reporter)."""
     use_gpu = ray_runtime.cluster_has_gpus() if run.scale.use_gpu is None else run.scale.use_gpu
@@ -46,7 +53,7 @@ def make_trainer(run: RunConfig, *, out: Path, data_root: Path, callbacks: list 
         train_loop_per_worker,
         train_loop_config={"run": config_io.to_dict(run), "stream": stream_spec(run, data_root),
                            "test_hooks": {k: os.environ[k] for k in TEST_HOOKS if k in os.environ}},
-        scaling_config=ray.train.ScalingConfig(num_workers=run.scale.num_workers, use_gpu=use_gpu,
+        scaling_config=ray.train.ScalingConfig(num_workers=worker_count(run), use_gpu=use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
             name=out.name, storage_path=storage_path,

@@ -13,8 +13,13 @@ import time
 import urllib.error
 import urllib.request
 
+import ray
 from ray import serve
 from ray.serve import Application
+from ray.serve.context import _get_global_client
+
+SERVE_NAMESPACE = "serve"
+CONTROLLER_NAME = "SERVE_CONTROLLER_ACTOR"  # ray.serve._private.constants.SERVE_CONTROLLER_NAME
 
 
 def free_port() -> int:
@@ -29,11 +34,15 @@ def run_local(app: Application, *, name: str = "unip2", port: int | None = None,
 
     Returns the base URL. Serve must not already be running (its HTTP options would be ignored).
     """
-    port = port or free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(app, name=name, route_prefix="/", blocking=False)
-    base_url = f"http://127.0.0.1:{port}"
-    wait_ready(base_url, ready_timeout_s)
+    serve.start(http_options={"host": "127.0.0.1", "port": port or free_port()})
+    # A Serve instance still shutting down keeps its own port: ask the controller which one is live.
+    base_url = f"http://127.0.0.1:{_get_global_client().http_config.port}"
+    try:
+        serve.run(app, name=name, route_prefix="/", blocking=False)
+        wait_ready(base_url, ready_timeout_s)
+    except BaseException:
+        stop_local()  # give the CPUs back to whatever runs next
+        raise
     return base_url
 
 
@@ -53,6 +62,20 @@ def wait_ready(base_url: str, timeout_s: float = 180.0) -> dict:
     raise TimeoutError(f"{base_url}/readyz not ready after {timeout_s:.0f} s (last: {last})")
 
 
-def stop_local() -> None:
-    """Shut Serve down (every app, the proxy and the controller), giving the CPUs back."""
+def stop_local(timeout_s: float = 120.0) -> None:
+    """Shut Serve down (every app, the proxy and the controller), giving the CPUs back.
+
+    ``serve.shutdown`` gives the controller 30 s and then returns with it still alive (a loaded machine
+    takes longer); wait for it to go, and kill it past ``timeout_s`` so the next ``run_local`` starts
+    a fresh Serve."""
     serve.shutdown()
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            controller = ray.get_actor(CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+        except ValueError:
+            return
+        if time.monotonic() > deadline:
+            ray.kill(controller, no_restart=True)
+            return
+        time.sleep(0.5)

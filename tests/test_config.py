@@ -48,3 +48,23 @@ def test_exponent_floats_without_a_dot_are_numbers():
     from unip2.run_config import load_run_config
 
     assert load_run_config(overrides=["optim.lr=1e-4"]).optim.lr == 1e-4
+
+
+@pytest.mark.parametrize("overrides, field", [
+    (["scale.min_workers=3"], "scale.min_workers"),  # more than num_workers (2)
+    (["scale.min_workers=0"], "scale.min_workers"),
+    (["scale.min_workers=1", "train.sampling=mixed"], "scale.min_workers"),  # mixed draws depend on W
+])
+def test_bad_elastic_settings_are_refused_naming_the_field(overrides, field):
+    from unip2.run_config import load_run_config
+
+    with pytest.raises(ConfigError) as err:
+        load_run_config(overrides=overrides)
+    assert err.value.field == field
+
+
+def test_learning_rate_follows_the_linear_rule():
+    from unip2.run_config import load_run_config
+
+    run = load_run_config(overrides=["scale.num_workers=8", "scale.min_workers=2"])
+    assert run.learning_rate_scale(8) == 1.0 and run.learning_rate_scale(2) == 0.25

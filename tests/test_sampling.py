@@ -62,3 +62,50 @@ def test_a_task_without_rows_is_refused():
     with pytest.raises(ValueError, match="tasks.b"):
         TrainingPlan(tasks=["a", "b"], ratios=[0.5, 0.5], batch_sizes={"a": 1, "b": 1}, num_rows={"a": 3, "b": 0},
                      num_workers=1, total_steps=10, seed=0)
+
+
+def make_anchored(workers, anchor):
+    return TrainingPlan(tasks=["a", "b", "c"], ratios=[0.5, 0.3, 0.2], batch_sizes={"a": 4, "b": 3, "c": 5},
+                        num_rows={"a": 40, "b": 33, "c": 17}, num_workers=workers, total_steps=3000, seed=3,
+                        window=7, anchor=anchor)
+
+
+def stream_rows(plan, steps, workers):
+    """{task: [row, ...]} in stream order: at each step the ranks' batches interleave rank-fastest."""
+    out = {t: [] for t in "abc"}
+    for step in steps:
+        batches = [plan.rows_at(step, rank) for rank in range(workers)]
+        task = batches[0][0]
+        for j in range(plan.batch_sizes[task]):
+            out[task].extend(int(rows[j]) for _, rows in batches)
+    return out
+
+
+def test_an_anchored_plan_with_the_same_workers_reads_the_same_rows():
+    plan = make_plan(workers=2)
+    anchored = make_anchored(2, plan.anchor_at(411))
+    for step in (411, 500, 2999):
+        for rank in range(2):
+            assert np.array_equal(plan.rows_at(step, rank)[1], anchored.rows_at(step, rank)[1])
+
+
+@pytest.mark.parametrize("before,after", [(2, 1), (2, 3), (1, 4)])
+def test_a_resize_neither_repeats_nor_skips_a_stream_position(before, after):
+    """Rows before a resize at step 300 with ``before`` workers, then after it with ``after``: together
+    every task's stream is read in order: position g is row permutation(g // n)[g % n], as in any run."""
+    plan = make_plan(workers=before)
+    resized = make_anchored(after, plan.anchor_at(300))
+    assert resized.anchor_at(300)["positions"] == plan.anchor_at(300)["positions"]
+    first, second = stream_rows(plan, range(300), before), stream_rows(resized, range(300, 900), after)
+    for task in "abc":
+        n = plan.num_rows[task]
+        joined = first[task] + second[task]
+        epochs = len(joined) // n + 1
+        stream = np.concatenate([plan.permutation(task, epoch) for epoch in range(epochs)])
+        assert joined == stream[:len(joined)].tolist(), task
+        assert len(joined) > 2 * n  # the resize happened mid-stream, after whole epochs
+
+
+def test_mixed_runs_cannot_be_anchored():
+    with pytest.raises(ValueError, match="train.sampling"):
+        make_plan("mixed").anchor_at(10)

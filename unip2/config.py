@@ -16,7 +16,7 @@ from unip2.config_io import require
 class BackboneConfig:
     """Image backbone: any timm model that supports ``features_only=True``."""
 
-    name: str = "convnext_atto"
+    name: str = "resnet10t"
     """timm model name (``swin_base_patch4_window7_224`` in BASE, ``swin_large_patch4_window7_224`` in LARGE)."""
     out_indices: tuple[int, ...] = (2, 3, 4)
     """timm feature levels fed to the region proposal network; the last one is F_L for the global tokens."""

@@ -34,6 +34,7 @@ logger = logging.getLogger("unip2.optim")
 
 # Below this the gradient is treated as zero: g becomes 0 (no host sync needed to check).
 _MIN_NORM = 1e-12
+_MAX_HOST_SCALE = 1e18  # its square stays below float32's largest value (3.4e38)
 
 _NO_DECAY_NAME_PARTS = ("embed", "pos", "logit_scale", "temperature", "query", "spe_token")
 
@@ -65,6 +66,19 @@ def _grads_norm(grads: list[torch.Tensor]) -> torch.Tensor:
         norms.extend(torch._foreach_norm(device_grads, 2, dtype=acc_dtype))
     stacked = torch.stack([n.to(device=first_device, dtype=out_dtype) for n in norms])
     return torch.linalg.vector_norm(stacked, 2)
+
+
+def _host_scale(scale: torch.Tensor | float, device: torch.device) -> float | None:
+    """The gradient scale as a Python number where reading it costs no device sync (CPU tensors, numbers).
+
+    None (use the scaled-copy path) on accelerators, and when scale**2 is not finite in float32 (a
+    non-finite norm, or a near-zero one times a large omega), where that path's arithmetic is kept.
+    """
+    if isinstance(scale, torch.Tensor):
+        if device.type != "cpu" or scale.device.type != "cpu":
+            return None
+        scale = float(scale)
+    return scale if abs(scale) < _MAX_HOST_SCALE else None  # False for nan and inf
 
 
 def param_groups_for(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -281,18 +295,27 @@ class MTAdamW(torch.optim.Optimizer):
             if weight_decay != 0.0:
                 torch._foreach_mul_(device_params, 1.0 - lr * weight_decay)
 
-            if isinstance(scale, torch.Tensor):
-                if device not in device_scales:
-                    device_scales[device] = (scale * k).to(device)
-                g = torch._foreach_mul(device_grads, device_scales[device])
-            elif scale * k != 1.0:
-                g = torch._foreach_mul(device_grads, scale * k)
+            host_scale = _host_scale(scale, device)
+            if host_scale is not None:
+                # m = b1*m + c1*a*grad, n = b2*n + c2*a**2*grad**2 straight from the raw gradients: on
+                # the CPU, allocating a scaled copy of every gradient costs more than the update itself.
+                torch._foreach_mul_(device_m, beta1)
+                torch._foreach_add_(device_m, device_grads, alpha=c1 * host_scale)
+                torch._foreach_mul_(device_n, beta2)
+                torch._foreach_addcmul_(device_n, device_grads, device_grads, value=c2 * host_scale**2)
             else:
-                g = device_grads
-            torch._foreach_lerp_(device_m, g, 1.0 - beta1)
-            torch._foreach_mul_(device_n, beta2)
-            torch._foreach_addcmul_(device_n, g, g, value=c2 / (k * k))
-            del g
+                if isinstance(scale, torch.Tensor):
+                    if device not in device_scales:
+                        device_scales[device] = (scale * k).to(device)
+                    g = torch._foreach_mul(device_grads, device_scales[device])
+                elif scale * k != 1.0:
+                    g = torch._foreach_mul(device_grads, scale * k)
+                else:
+                    g = device_grads
+                torch._foreach_lerp_(device_m, g, 1.0 - beta1)
+                torch._foreach_mul_(device_n, beta2)
+                torch._foreach_addcmul_(device_n, g, g, value=c2 / (k * k))
+                del g
 
             step_values = [t.item() for t in device_steps]
             step_size = [-lr / (1.0 - beta1**t) for t in step_values]

@@ -15,8 +15,10 @@ def _tiny() -> ModelConfig:
     return ModelConfig(
         preset="tiny",
         image_size=96,
-        # LayerNorm ConvNeXt (like Swin, no BatchNorm statistics to mix across tasks), strides 8/16/32.
-        backbone=BackboneConfig(name="convnext_atto", out_indices=(1, 2, 3)),
+        # ResNet-10-T, strides 8/16/32: trained from scratch, its BatchNorm learns shapes far sooner than a
+        # LayerNorm ConvNeXt-atto does (a plain classifier on the embedded images: top-1 0.77 against
+        # 0.34 after 1,000 steps of 16); BASE and LARGE keep Swin.
+        backbone=BackboneConfig(name="resnet10t", out_indices=(2, 3, 4)),
         proposals=ProposalConfig(dim=64, num_heads=4, num_points=4, encoder_layers=1, decoder_layers=2,
                                  ffn_dim=128, num_queries=20, mask_loss_points=0),
         tokens=TokenConfig(num_regional=8, num_attention_pools=2, mask_pool_size=14),

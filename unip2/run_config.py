@@ -58,6 +58,9 @@ class DataConfig:
     """CPUs reserved per decode/augment task."""
     prefetch_steps: int = 4
     """Step batches decoded ahead of the training step, per worker."""
+    steps_per_block: int = 8
+    """Steps decoded per Ray Data block (one task call): more amortizes Ray's per-block cost, fewer hands
+    the first batch over sooner."""
     max_text_length: int = 32
     """Longest tokenized caption in training, special tokens included."""
 
@@ -66,6 +69,7 @@ class DataConfig:
         require(self.loader_concurrency > 0, prefix + "loader_concurrency", "must be > 0")
         require(self.loader_cpus > 0, prefix + "loader_cpus", "must be > 0")
         require(self.prefetch_steps >= 1, prefix + "prefetch_steps", "must be >= 1")
+        require(self.steps_per_block >= 1, prefix + "steps_per_block", "must be >= 1")
         require(self.max_text_length >= 4, prefix + "max_text_length", "must be >= 4")
 
 
@@ -120,6 +124,9 @@ class TrainingConfig:
     """Consecutive non-finite losses after which the run stops."""
     bf16: bool = True
     """bf16 autocast when training on GPUs (ignored on CPUs)."""
+    compile: bool = False
+    """``torch.compile`` the backbone and the decoder in place (GPU runs: the first step of every new input
+    shape compiles; checkpoints keep their plain parameter names)."""
 
     def validate(self, prefix: str = "") -> None:
         require(self.steps > 0, prefix + "steps", "must be > 0")
@@ -133,7 +140,11 @@ class ScaleConfig:
     """Ray cluster resources of the run."""
 
     num_workers: int = 2
-    """Training workers (one per GPU on a cluster)."""
+    """Training workers (one per GPU on a cluster); the most an elastic run uses."""
+    min_workers: int | None = None
+    """Elastic training: start with as few as this many workers and grow to ``num_workers`` as the cluster
+    allows (a resize restarts from the last checkpoint). The learning rate follows the linear rule
+    lr × W / num_workers for W running workers; None = always exactly ``num_workers``."""
     cpus_per_worker: float = 0.5
     """CPUs reserved per training worker; fractional on small machines so Ray Data keeps CPUs."""
     use_gpu: bool | None = None
@@ -149,6 +160,8 @@ class ScaleConfig:
 
     def validate(self, prefix: str = "") -> None:
         require(self.num_workers > 0, prefix + "num_workers", "must be > 0")
+        require(self.min_workers is None or 0 < self.min_workers <= self.num_workers, prefix + "min_workers",
+                f"must be between 1 and num_workers ({self.num_workers}), or null")
         require(self.cpus_per_worker > 0, prefix + "cpus_per_worker", "must be > 0")
         require(self.threads_per_worker > 0, prefix + "threads_per_worker", "must be > 0")
         require(self.max_failures >= 0, prefix + "max_failures", "must be >= 0")
@@ -181,6 +194,12 @@ class RunConfig:
         for name, task in self.tasks.items():
             require(name in TASKS, f"{prefix}tasks.{name}", f"unknown task; registered: {', '.join(TASKS)}")
             task.validate(f"{prefix}tasks.{name}.")
+        require(self.scale.min_workers is None or self.train.sampling == "unmixed", prefix + "scale.min_workers",
+                "elastic training needs train.sampling: unmixed (mixed draws depend on the worker count)")
+
+    def learning_rate_scale(self, workers: int) -> float:
+        """Linear scaling rule: ``optim.lr`` is the peak for ``scale.num_workers`` workers."""
+        return workers / self.scale.num_workers
 
     def sampling_ratios(self) -> dict[str, float]:
         """Normalized s_k over the run's tasks."""

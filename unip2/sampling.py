@@ -10,6 +10,12 @@ Data order: task k's rows form one endless stream; rank r reads stream positions
 (so ranks never overlap, also in mixed mode). Position g lies in epoch g // N at offset g % N of that
 epoch's permutation. A permutation shuffles whole windows of ``window`` consecutive rows and the rows
 inside each window, so a reader touches only a few Parquet shards at a time.
+
+Elastic runs (the worker count W changes at a restart): ``anchor_at(step)`` records, per task, the next
+unread stream position and the draws so far; a plan built with that ``anchor`` and the new W continues
+each task's stream exactly there, so a resize neither repeats nor skips a row. With W unchanged the
+anchored plan reads exactly the rows of the unanchored one. Only unmixed runs can be resized (in mixed
+mode the task draws themselves depend on W).
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ class TrainingPlan:
 
     def __init__(self, *, tasks: list[str], ratios: list[float], batch_sizes: dict[str, int],
                  num_rows: dict[str, int], num_workers: int, total_steps: int, seed: int,
-                 mode: str = "unmixed", window: int = 4096):
+                 mode: str = "unmixed", window: int = 4096, anchor: dict | None = None):
         if mode not in ("unmixed", "mixed"):
             raise ValueError(f"train.sampling must be 'unmixed' or 'mixed', got {mode!r}")
         if not np.isclose(sum(ratios), 1.0):
@@ -40,6 +46,11 @@ class TrainingPlan:
         self.batch_sizes, self.num_rows = dict(batch_sizes), dict(num_rows)
         self.num_workers, self.total_steps, self.seed = num_workers, total_steps, seed
         self.mode, self.window = mode, window
+        if anchor is not None and mode != "unmixed":
+            raise ValueError("train.sampling: only unmixed runs can change their worker count")
+        # Per task: stream position and draw count at the anchor step (all zero = the run's start).
+        self._anchor_positions = {t: int((anchor or {}).get("positions", {}).get(t, 0)) for t in tasks}
+        self._anchor_draws = {t: int((anchor or {}).get("draws", {}).get(t, 0)) for t in tasks}
         ranks = 1 if mode == "unmixed" else num_workers
         # task_index[r, t]: the task rank r trains at step t (row 0 serves every rank when unmixed).
         self._task_index = np.stack([
@@ -63,8 +74,11 @@ class TrainingPlan:
         row = self._row(rank)
         task = self.tasks[self._task_index[row, step]]
         batch = self.batch_sizes[task]
-        first = int(self._draws_before[row, step]) * batch
-        positions = (np.arange(first, first + batch, dtype=np.int64) * self.num_workers) + rank
+        first = (int(self._draws_before[row, step]) - self._anchor_draws[task]) * batch
+        if first < 0:
+            raise ValueError(f"step {step} lies before the plan's anchor")
+        positions = (self._anchor_positions[task]
+                     + np.arange(first, first + batch, dtype=np.int64) * self.num_workers + rank)
         n = self.num_rows[task]
         epochs, offsets = positions // n, positions % n
         rows = np.empty_like(positions)
@@ -72,6 +86,18 @@ class TrainingPlan:
             hit = epochs == epoch
             rows[hit] = self.permutation(task, int(epoch))[offsets[hit]]
         return task, rows
+
+    def anchor_at(self, step: int) -> dict:
+        """Per task, the next unread stream position and the draws made before ``step`` (unmixed only):
+        what a plan with another worker count needs to continue every stream at ``step``."""
+        if self.mode != "unmixed":
+            raise ValueError("train.sampling: only unmixed runs can change their worker count")
+        drawn = self.task_counts(0, step)
+        return {"step": int(step), "num_workers": self.num_workers,
+                "draws": drawn,
+                "positions": {task: self._anchor_positions[task]
+                              + (drawn[task] - self._anchor_draws[task]) * self.batch_sizes[task] * self.num_workers
+                              for task in self.tasks}}
 
     def task_counts(self, rank: int = 0, steps: int | None = None) -> dict[str, int]:
         drawn = self._task_index[self._row(rank), :steps]

@@ -28,6 +28,14 @@ class TaskLoss(nn.Module):
         return total_loss(terms, TASKS[task].loss_weights(self.model)), terms
 
 
+def compile_model(model: nn.Module) -> nn.Module:
+    """``torch.compile`` the two big stacks, backbone and decoder, in place (``Module.compile``): the
+    state dict keeps its names, so checkpoints and DDP see the same parameters."""
+    model.backbone.compile()
+    model.decoder.compile()
+    return model
+
+
 def build_optimizer(model: nn.Module, *, name: str, lr: float, betas: tuple[float, float], eps: float,
                     weight_decay: float, backbone_lr_scale: float = 1.0) -> torch.optim.Optimizer:
     """MT-AdamW (or AdamW) with no-decay groups; backbone groups carry ``lr_scale`` = backbone_lr_scale."""

@@ -59,14 +59,17 @@ class PlacementWatcher(threading.Thread):
             self.done.wait(0.2)
 
 
-def train_once(data: Path, out: Path, storage: Path, trace: Path, hooks: dict[str, str]) -> dict:
-    """``pipelines/train.py``'s two calls (prepare_run, fit) with RAY_ADDRESS set; never raises."""
+def train_once(data: Path, out: Path, storage: Path, trace: Path, hooks: dict[str, str], *,
+               overrides: list[str] = OVERRIDES) -> dict:
+    """``pipelines/train.py``'s two calls (prepare_run, fit) with RAY_ADDRESS set; never raises.
+
+    The trace holds, per rank, the steps in order and, per step, the task and the image ids read."""
     trace.mkdir(parents=True)
     for key in (FAIL_AT_STEP, FAIL_MARKER, TRACE_DIR):
         os.environ.pop(key, None)
     os.environ.update(hooks, **{TRACE_DIR: str(trace)})
     started = time.time()
-    run, out_dir, root = prepare_run(None, OVERRIDES + [f"data.root={data}", f"scale.storage_path={storage}"],
+    run, out_dir, root = prepare_run(None, overrides + [f"data.root={data}", f"scale.storage_path={storage}"],
                                      out=str(out))
     watcher = PlacementWatcher()
     watcher.start()
@@ -81,6 +84,9 @@ def train_once(data: Path, out: Path, storage: Path, trace: Path, hooks: dict[st
             "placements": list(watcher.groups.values()),
             "checkpoints": sorted(p.name for p in (storage / out.name).glob("checkpoint_*")),
             "trace": {p.stem: [int(line.split()[0]) for line in p.read_text().splitlines()]
+                      for p in sorted(trace.glob("rank*.txt"))},
+            "reads": {p.stem: [[int(line.split()[0]), line.split()[1], [int(i) for i in line.split()[2:]]]
+                               for line in p.read_text().splitlines()]
                       for p in sorted(trace.glob("rank*.txt"))}}
 
 

@@ -1,0 +1,79 @@
+"""Serve's dynamic batching gain and its per-request overhead, from ``benchmarks/serve_latency.py``'s runs.
+
+    python benchmarks/serve_batching.py [--requests 160 --task classification]   # starts a local Ray, 2 CPUs
+
+``serve_batching_gain``: requests/s with 16 concurrent clients, ``max_batch_size=16`` (adaptive wait) over
+``max_batch_size=1``; its ceiling, the model's own gain from batches of 16 called in this process, is in
+``details``. ``serve_overhead_ms``: p50 latency of 1 client through Serve (the batching
+deployment) minus the p50 of the same request (preprocess → collate → predict) called in this process.
+An untrained tiny model; one torch thread in the replica and in the direct call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.results_table import result  # noqa: E402
+
+GAIN = ("serve_batching_gain", "Serve req/s, dynamic batching / max_batch_size=1 (16 clients)", ">= 4")
+OVERHEAD = ("serve_overhead_ms", "Serve p50 − direct in-process p50 (1 client)", "<= 3")
+
+
+def run(*, checkpoint: str | None = None, task: str = "classification", requests: int = 160,
+        threads: int = 1, model_cpus: float = 1.0) -> list[dict]:
+    """Ray must be running and Serve not started. → [batching gain row, overhead row]."""
+    from benchmarks import serve_latency
+
+    images = serve_latency.test_images()
+    with tempfile.TemporaryDirectory() as scratch:
+        checkpoint = checkpoint or serve_latency.tiny_checkpoint(Path(scratch))
+        direct = serve_latency.direct(checkpoint, task, images, requests, threads)
+        batched = serve_latency.served(checkpoint, task, images, requests, 16, "adaptive", threads, model_cpus)
+        single = serve_latency.served(checkpoint, task, images, requests, 1, "0", threads, model_cpus)
+    common = {"task": task, "requests": requests, "threads": threads, "model_cpus": model_cpus,
+              "direct": direct, "served_batch16_adaptive": batched, "served_batch1": single}
+    gain = batched[16]["rps"] / single[16]["rps"]
+    # The most batching can give: the model's own img/s in batches of 16 over one image at a time.
+    ceiling = direct[16]["rps"] / direct[1]["rps"]
+    overhead = batched[1]["p50_ms"] - direct[1]["p50_ms"]
+    return [
+        result(GAIN[0], measure=GAIN[1], ours=batched[16]["rps"], baseline=single[16]["rps"], ratio=gain, goal=GAIN[2],
+               unit="req/s", details={**common, "direct_batching_ceiling": ceiling,
+                                      "note": f"{task}, mean batch {batched[16]['batch']:.1f}; the model called "
+                                              f"directly gains {ceiling:.2f}x from batches of 16 "
+                                              f"({direct[16]['rps']:.0f} vs {direct[1]['rps']:.0f} img/s): the "
+                                              f"ceiling of this ratio on this machine"}),
+        result(OVERHEAD[0], measure=OVERHEAD[1], ours=batched[1]["p50_ms"], baseline=direct[1]["p50_ms"],
+               ratio=overhead, goal=OVERHEAD[2], unit="ms", details={
+                   **common, "note": f"ratio column is the difference in ms; /healthz {batched['healthz_ms']:.1f} ms, "
+                                     f"/v1/stats {batched['stats_ms']:.1f} ms (median round trips)"}),
+    ]
+
+
+def main(argv: list[str] | None = None) -> None:
+    from pipelines import ray_runtime
+
+    import ray
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", help="model folder (default: an untrained tiny model)")
+    parser.add_argument("--task", default="classification")
+    parser.add_argument("--requests", type=int, default=160)
+    args = parser.parse_args(argv)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+             runtime_env={"env_vars": dict(ray_runtime.RAY_ENVIRONMENT)})
+    try:
+        rows = run(checkpoint=args.checkpoint, task=args.task, requests=args.requests)
+    finally:
+        ray.shutdown()
+    for row in rows:
+        print({k: v for k, v in row.items() if k != "details"}, row["details"]["note"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""benchmarks/: each measurement's code run at minimal sizes (no time or ratio is asserted: that is what
+the benchmarks report), the results files, and the pieces that turn raw figures into rows."""
+
+import json
+import math
+import sys
+import textwrap
+
+import pytest
+
+from benchmarks import data_ingest, default_run, flops, optimizer_step, run_all, train_overhead, tune_overhead
+from benchmarks.results_table import goal_met, markdown_table, result, write_results
+
+ROW_KEYS = {"key", "measure", "ours", "baseline", "ratio", "goal", "unit", "met", "details"}
+
+
+def assert_measured(row: dict, key: str) -> None:
+    assert set(row) == ROW_KEYS and row["key"] == key
+    for figure in ("ours", "baseline", "ratio"):
+        assert math.isfinite(row[figure]) and row[figure] > 0, (figure, row[figure])
+    assert row["met"] in (True, False)
+
+
+def test_optimizer_step_times_both_optimizers():
+    row = optimizer_step.run(steps=1, rounds=2)
+    assert_measured(row, "optimizer_ratio")
+    assert row["ratio"] == row["ours"] / row["baseline"]
+    assert len(row["details"]["blocks_ms"]["ours"]) == 2
+    assert row["details"]["tensors"] > 100  # every parameter tensor of the tiny model
+
+
+def test_flops_counts_every_task(embedded_data):
+    row = flops.run(embedded_data, rounds=1, steps=1, matmul_n=256)
+    assert_measured(row, "flops_utilization")
+    per_task = row["details"]["per_task"]
+    assert set(per_task) == {"classification", "detection", "instance_segmentation", "captioning", "retrieval"}
+    assert all(v["gflop_per_step"] > 0 for v in per_task.values())
+
+
+def test_data_ingest_streams_the_same_steps_both_ways(embedded_data, ray_local):
+    row = data_ingest.run(embedded_data, steps=6, rounds=1, cpus=1, steps_per_block=2)
+    assert_measured(row, "data_ingest_ratio")
+    assert set(row["details"]["rounds_rows_per_s"]) == {"ours", "baseline", "ours_1_step_per_block"}
+    # Both sides yield the stream's own batches: the DataLoader's item t is worker 0's step t.
+    spec = data_ingest.ingest_spec(embedded_data, 3)
+    item = data_ingest.StepDataset(spec)[2]
+    assert item["step"] == 2 and len(item["batch"]["image_id"]) == spec["batch_sizes"][item["task"]]
+
+
+def test_steady_step_time_leaves_out_the_first_window():
+    history = [{"step": 10, "steps_per_s": 0.1}, {"step": 20, "steps_per_s": 2.0}, {"step": 30, "steps_per_s": 4.0}]
+    assert train_overhead.steady_step_s(history, 10) == (10 / 2 + 10 / 4) / 20
+
+
+def test_tune_row_from_a_sweep_summary():
+    row = tune_overhead.from_summary({"sweep_wall_s": 115.0, "sum_trial_s": 100.0, "trials": 2, "concurrency": 1})
+    assert row["ratio"] == 1.15 and row["met"] is True
+
+
+def test_process_tree_memory_includes_children(tmp_path):
+    script = tmp_path / "parent.py"
+    script.write_text(textwrap.dedent("""
+        import subprocess, sys
+        child = "import time; block = bytearray(150 * 2**20); time.sleep(1.5)"
+        subprocess.run([sys.executable, "-c", child], check=True)
+    """))
+    measured = default_run.run_and_measure([sys.executable, str(script)], cwd=tmp_path, interval=0.1)
+    assert measured["returncode"] == 0
+    assert measured["peak_processes"] == 2
+    assert measured["peak_mb"] > 150
+
+
+def test_results_files_and_table(tmp_path):
+    rows = [result("optimizer_ratio", measure="m", ours=2.0, baseline=1.0, ratio=2.0, goal="<= 1.3", unit="ms",
+                   details={"note": "a note"}),
+            result("default_run_s", measure="wall", ours=300.0, baseline=None, ratio=300.0, goal="reported", unit="s")]
+    json_path, md_path = write_results(rows, tmp_path, meta={"quick": True})
+    saved = json.loads(json_path.read_text())
+    assert saved["optimizer_ratio"] == 2.0 and saved["default_run_s"] == 300.0 and saved["meta"] == {"quick": True}
+    table = md_path.read_text()
+    assert "| `optimizer_ratio` | m | 2 ms | 1 ms | 2 | <= 1.3 | **no** |" in table
+    assert "| `default_run_s` | wall | 300 s | - | 300 | reported | - |" in table and "a note" in table
+    assert markdown_table(rows).count("\n") == 3
+    assert goal_met(0.9, ">= 1.0") is False and goal_met(None, "<= 3") is None
+
+
+def test_run_all_selects_by_key_or_job():
+    assert run_all.selected("serve_overhead_ms,flops") == ["flops", "serve"]
+    assert run_all.selected(None) == list(run_all.JOBS)
+    with pytest.raises(SystemExit, match=r"unknown \['nope'\]"):
+        run_all.selected("nope,flops")
