@@ -89,3 +89,22 @@ def test_run_all_selects_by_key_or_job():
     assert run_all.selected(None) == list(run_all.JOBS)
     with pytest.raises(SystemExit, match=r"unknown \['nope'\]"):
         run_all.selected("nope,flops")
+
+
+def test_the_readme_command_writes_the_table(tmp_path):
+    """``python benchmarks/run_all.py --quick --only ... --out DIR`` as the README shows it (one cheap key)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "benchmarks/run_all.py", "--quick", "--only", "optimizer_ratio",
+                           "--out", str(tmp_path)], cwd=root, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["optimizer_ratio"] > 0
+    table = (tmp_path / "results.md").read_text()
+    assert table.startswith("| key | measure | ours | baseline | ratio | goal | met |")
+    assert "| `optimizer_ratio` | MT-AdamW step" in table
+    assert "| `optimizer_ratio` | MT-AdamW step" in done.stdout  # the table is printed too
