@@ -33,6 +33,7 @@ from unip2.tasks import TASKS  # noqa: E402
 
 ELASTIC = OVERRIDES + ["scale.min_workers=1"]
 FAIL_STEP = 3  # the one-worker run dies entering step 3; its last checkpoint holds step 2
+COORDINATOR_REFRESH_S = 25.0
 
 
 def expected_streams(data: Path, work: Path) -> dict[str, list[int]]:
@@ -68,6 +69,9 @@ def main() -> int:
                                      overrides=ELASTIC)
         cluster.add_node(num_cpus=NODE_CPUS, resources={"node_b": 1}, **NODE_MEMORY)
         cluster.wait_for_nodes()
+        # Train's elastic policy sizes the group from Ray Data's autoscaling coordinator, whose view of
+        # the cluster refreshes every 20 s (DefaultAutoscalingCoordinator.TICK_INTERVAL_S in Ray 2.60).
+        time.sleep(COORDINATOR_REFRESH_S)
         result["second"] = train_once(data, out, storage, work / "trace2", {}, overrides=ELASTIC)
     finally:
         ray.shutdown()
