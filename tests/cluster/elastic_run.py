@@ -11,14 +11,13 @@ holds exactly one worker.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 import time
 from pathlib import Path
 
-from multinode_run import NODE_CPUS, NODE_MEMORY, OVERRIDES, train_once
+from multinode_run import NODE_CPUS, NODE_MEMORY, OVERRIDES, parse_args, train_once
 
 from pipelines import ray_runtime  # noqa: F401  (sets Ray's environment before ray is imported)
 import ray  # noqa: E402
@@ -49,10 +48,7 @@ def expected_streams(data: Path, work: Path) -> dict[str, list[int]]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--data", required=True, help="converted data folder (holds manifest.json)")
-    parser.add_argument("--work", required=True, help="empty folder for the run, its storage and traces")
-    args = parser.parse_args()
+    args = parse_args()
     work = Path(args.work).resolve()
     storage, out = work / "shared_storage", work / "run"
     data = Path(args.data)

@@ -80,21 +80,25 @@ def train_once(data: Path, out: Path, storage: Path, trace: Path, hooks: dict[st
         error = f"{type(err).__name__}: {err}"[-2000:]
     watcher.done.set()
     watcher.join()
+    reads = {p.stem: [[int(step), task, [int(i) for i in ids]]
+                      for step, task, *ids in (line.split() for line in p.read_text().splitlines())]
+             for p in sorted(trace.glob("rank*.txt"))}
     return {"seconds": round(time.time() - started, 1), "error": error, "step": step,
             "placements": list(watcher.groups.values()),
             "checkpoints": sorted(p.name for p in (storage / out.name).glob("checkpoint_*")),
-            "trace": {p.stem: [int(line.split()[0]) for line in p.read_text().splitlines()]
-                      for p in sorted(trace.glob("rank*.txt"))},
-            "reads": {p.stem: [[int(line.split()[0]), line.split()[1], [int(i) for i in line.split()[2:]]]
-                               for line in p.read_text().splitlines()]
-                      for p in sorted(trace.glob("rank*.txt"))}}
+            "trace": {rank: [step for step, _, _ in lines] for rank, lines in reads.items()}, "reads": reads}
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
+    """``--data`` (converted data folder) and ``--work`` (empty folder), shared with elastic_run.py."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", required=True, help="converted data folder (holds manifest.json)")
     parser.add_argument("--work", required=True, help="empty folder for the run, its storage and traces")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> int:
+    args = parse_args()
     work = Path(args.work).resolve()
     storage, out = work / "shared_storage", work / "run"
 
