@@ -211,6 +211,35 @@ def interference_markdown(results: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
+def interference_check(results: dict[str, list[dict]]) -> str:
+    """The paper's claim on the δ matrices: the conditional MoE reduces interference, i.e. the off-diagonal
+    interference (mean of max(−δ, 0)) is lower with MoE than without; same verdict words as the tables."""
+    without, with_moe = results.get("without MoE") or [], results.get("with MoE") or []
+    if not without or not with_moe:
+        return ""
+    lines = []
+    for key, label in (("interference", "interference (mean of max(−δ, 0))"), ("mean", "mean δ")):
+        a = [m["summary"][key] for m in with_moe if math.isfinite(m["summary"][key])]
+        b = [m["summary"][key] for m in without if math.isfinite(m["summary"][key])]
+        if not a or not b:
+            continue
+        diff = float(np.mean(a) - np.mean(b))
+        spread = math.sqrt(_variance(a) + _variance(b))
+        lower_is_better = key == "interference"
+        agrees = diff < 0 if lower_is_better else diff > 0
+        verdict = "no difference" if diff == 0 else "agrees" if agrees else "disagrees"
+        if diff != 0 and abs(diff) <= spread:
+            verdict += " (within seed spread)"
+        lines.append(f"{label} with MoE − without {diff:+.3f} (spread {spread:.3f}): {verdict}")
+    if not lines:
+        return ""
+    return "- Paper: the conditional MoE reduces task interference. Ours: " + "; ".join(lines) + ".\n"
+
+
+def _variance(values: list[float]) -> float:
+    return float(np.var(values, ddof=1)) if len(values) > 1 else 0.0
+
+
 def write_interference_csv(results: dict[str, list[dict]], path: Path) -> Path:
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)

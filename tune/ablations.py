@@ -6,7 +6,8 @@
     python tune/ablations.py --out ablations/tiny --backbone-file in1k=/weights/convnext_atto.safetensors
     python tune/ablations.py --config my_run.yaml --seeds 3 --out /mnt/shared/ablations \\
         scale.num_workers=8 train.steps=20000                 # any run config, on a cluster
-    python tune/ablations.py --out ablations/tiny             # re-run: finished trials are reused, the rest run
+    python tune/ablations.py --out ablations/tiny             # re-run: finished trials are reused, the rest run;
+                                                              # a trial whose config changed trains again
     python tune/ablations.py --out ablations/tiny --max-images 100   # finished trials are only re-evaluated
 
 Every variant (``tune/ablation_variants.py``) is the base run config (``tune/configs/ablations.yaml``) with a
@@ -44,6 +45,7 @@ from tune.ablation_variants import (FULL, AblationPlan, Variant, build_plan, var
                                    variant_tasks)
 from tune.objective import task_scores  # noqa: E402
 from tune.trial import EvaluationSettings, TrialSetup, train_and_evaluate  # noqa: E402
+from unip2 import config_io  # noqa: E402
 from unip2.config_io import ConfigError  # noqa: E402
 from unip2.persistence import export_backbone  # noqa: E402
 from unip2.run_config import RunConfig, load_run_config  # noqa: E402
@@ -78,8 +80,6 @@ class TrialContext:
     cwd: str
     spec: AblationSpec
     variants: dict[str, Variant]
-    backbones: dict[str, str] = field(default_factory=dict)
-    """``<variant>-seed<k>`` → exported backbone file of that trial (for variants built on it)."""
 
 
 def trial_name(variant: str, seed: int) -> str:
@@ -98,10 +98,63 @@ def final_checkpoint(folder: Path) -> Path:
     return found[-1]
 
 
-def needs_work(out: str | Path, variant: str, seed: int, evaluation: EvaluationSettings) -> bool:
-    """The trial has not finished, or was evaluated with other settings."""
-    trial = run_dir(out, variant, seed) / "trial.json"
-    return not trial.is_file() or json.loads(trial.read_text()).get("evaluation_settings") != asdict(evaluation)
+def trial_overrides(context: TrialContext, variant_name: str, seed: int, base: RunConfig) -> list[str]:
+    """The overrides of one trial's run: the sweep's, then the variant's (a backbone comes from its trial folder)."""
+    variant = context.variants[variant_name]
+    backbone = None
+    if variant.backbone_from is not None:
+        backbone = str(run_dir(context.out, variant.backbone_from, seed) / "backbone.safetensors")
+    return [*context.spec.overrides, *variant_overrides(variant, base, seed=seed, backbone_path=backbone)]
+
+
+def changed_fields(saved: dict, wanted: dict, prefix: str = "") -> list[str]:
+    """Dotted names of the fields ``wanted`` sets otherwise than ``saved``. Fields the run fills in itself
+    (a None or empty value asked for: data root, class names, run folder) are not compared."""
+    changed = []
+    for key, value in wanted.items():
+        name = f"{prefix}{key}"
+        if key == "out" and not prefix or value is None or value == {} or value == []:
+            continue
+        if isinstance(value, dict) and isinstance(saved.get(key), dict):
+            changed += changed_fields(saved[key], value, name + ".")
+        elif saved.get(key) != value:
+            changed.append(name)
+    return changed
+
+
+def stale_training(context: TrialContext, variant_name: str, seed: int, base: RunConfig) -> list[str]:
+    """The fields in which a finished trial's saved run config differs from what its variant resolves to now
+    (the variant or the base config changed since it trained): such a trial trains again."""
+    folder = run_dir(context.out, variant_name, seed)
+    saved = folder / "run_config.yaml"
+    if not saved.is_file():
+        return []
+    wanted = load_run_config(context.spec.config_path, trial_overrides(context, variant_name, seed, base))
+    changed = changed_fields(config_io.to_dict(load_run_config(saved)), config_io.to_dict(wanted))
+    backbone = wanted.model.backbone.pretrained_path
+    source = context.variants[variant_name].backbone_from
+    if source is not None and Path(backbone).is_file() and Path(backbone).stat().st_mtime > saved.stat().st_mtime:
+        changed.append("model.backbone.pretrained_path (its source trial trained again)")
+    return changed
+
+
+def needs_work(context: TrialContext, variant: str, seed: int, base: RunConfig) -> bool:
+    """The trial has not finished, trained another config than its variant's now, or was evaluated with
+    other settings."""
+    trial = run_dir(context.out, variant, seed) / "trial.json"
+    if not trial.is_file() or stale_training(context, variant, seed, base):
+        return True
+    return json.loads(trial.read_text()).get("evaluation_settings") != asdict(context.spec.evaluation)
+
+
+def set_aside(folder: Path, changed: list[str]) -> Path:
+    """Move a stale trial folder to ``<out>/replaced/`` (kept, not deleted) so that the trial trains afresh."""
+    target = folder.parent.parent / "replaced" / f"{folder.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    folder.rename(target)
+    print(f"[ablations] {folder.name}: trained with other {', '.join(changed)} than its variant now; "
+          f"retraining (old run kept in {target})", flush=True)
+    return target
 
 
 def reevaluate(folder: Path, evaluation: EvaluationSettings) -> None:
@@ -122,20 +175,19 @@ def reevaluate(folder: Path, evaluation: EvaluationSettings) -> None:
 def run_variant(context: TrialContext, variant_name: str, seed: int) -> dict:
     """Train and evaluate one variant × seed (or reuse the finished run, re-evaluated if the evaluation
     settings changed) → its trial row."""
-    spec, variant = context.spec, context.variants[variant_name]
+    spec = context.spec
     folder = run_dir(context.out, variant_name, seed)
+    base = load_run_config(spec.config_path, spec.overrides)
     started = time.time()
+    changed = stale_training(context, variant_name, seed, base)
+    if changed:
+        set_aside(folder, changed)
     if (folder / "trial.json").is_file():
-        if needs_work(context.out, variant_name, seed, spec.evaluation):
+        if needs_work(context, variant_name, seed, base):
             reevaluate(folder, spec.evaluation)
     else:
-        base = load_run_config(spec.config_path, spec.overrides)
-        backbone = None
-        if variant.backbone_from is not None:
-            backbone = context.backbones[trial_name(variant.backbone_from, seed)]
         setup = TrialSetup(sweep_dir=context.out, cwd=context.cwd, config_path=spec.config_path,
-                           overrides=[*spec.overrides, *variant_overrides(variant, base, seed=seed,
-                                                                           backbone_path=backbone)],
+                           overrides=trial_overrides(context, variant_name, seed, base),
                            evaluation=spec.evaluation)
         measured = train_and_evaluate(setup, {}, folder)
         measured |= {"trial_wall_s": time.time() - started, "evaluation_settings": asdict(spec.evaluation)}
@@ -176,8 +228,7 @@ def run_grid(context: TrialContext, names: list[str], base: RunConfig, phase: st
     from tune import orphaned_groups
     from tune.tuner import SweepSettings, free_resources, trial_concurrency
 
-    pending = [n for n in names if any(needs_work(context.out, n, s, context.spec.evaluation)
-                                       for s in context.spec.seeds)]
+    pending = [n for n in names if any(needs_work(context, n, s, base) for s in context.spec.seeds)]
     if not pending:
         return 0.0
     trials = len(pending) * len(context.spec.seeds)
@@ -209,12 +260,10 @@ def export_backbones(context: TrialContext, plan: AblationPlan) -> None:
         if variant.backbone_from is None:
             continue
         for seed in context.spec.seeds:
-            name = trial_name(variant.backbone_from, seed)
             folder = run_dir(context.out, variant.backbone_from, seed)
             path = folder / "backbone.safetensors"
             if not path.is_file():
                 export_backbone(final_checkpoint(folder), path)
-            context.backbones[name] = str(path)
 
 
 def run_interference(context: TrialContext, base: RunConfig) -> dict[str, list[dict]]:
@@ -268,6 +317,9 @@ def write_outputs(out: Path, plan: AblationPlan, rows: list[dict], base: RunConf
         files["interference_plot"] = report.plot_interference(interference, out / "interference.png")
         sections += ["### Task interference (normalized gradient effect δ, learning rate 0)", "", markdown,
                      "![interference](interference.png)", ""]
+        check = report.interference_check(interference)
+        if check:
+            sections += ["Direction check against the paper:", "", check]
     sections += ["### Wall time", "",
                  f"total {summary['wall_s'] / 60:.1f} min: grids {summary['grid_s'] / 60:.1f} min "
                  f"({summary['completed']} of {summary['trials']} trials completed, sum of trial times "

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -155,18 +157,76 @@ def test_tables_and_direction_checks(tmp_path):
     assert report.plot_table(table, rows, cols, tmp_path / "t.png").stat().st_size > 0
 
 
-def test_finished_trials_are_reused_unless_evaluated_otherwise(tmp_path):
+def _finished_trial(context, variant: str, seed: int, overrides: list[str], settings) -> Path:
+    """A trial folder as a finished run leaves it: the run config it trained with (with the fields the run
+    fills in set) and its trial.json."""
     from dataclasses import asdict
 
-    from tune.ablations import needs_work, run_dir
-    from tune.trial import EvaluationSettings
+    from tune.ablations import run_dir
+    from unip2 import config_io
+    from unip2.run_config import load_run_config
 
-    settings = EvaluationSettings(max_images=None)
-    assert needs_work(tmp_path, FULL, 0, settings)  # never trained
-    folder = run_dir(tmp_path, FULL, 0)
+    folder = run_dir(context.out, variant, seed)
     folder.mkdir(parents=True)
-    (folder / "trial.json").write_text(json.dumps({"scores": {}}))
-    assert needs_work(tmp_path, FULL, 0, settings)  # evaluated with unrecorded (older) settings
+    run = load_run_config(context.spec.config_path, overrides)
+    run.out, run.data.root, run.model.class_names = str(folder), "/data/prepared", {"classification": ["a", "b"]}
+    config_io.save(run, folder / "run_config.yaml")
     (folder / "trial.json").write_text(json.dumps({"scores": {}, "evaluation_settings": asdict(settings)}))
-    assert not needs_work(tmp_path, FULL, 0, settings)
-    assert needs_work(tmp_path, FULL, 0, EvaluationSettings(max_images=64))
+    return folder
+
+
+def test_finished_trials_are_reused_unless_evaluated_or_configured_otherwise(tmp_path):
+    from tune.ablation_variants import build_plan
+    from tune.ablations import (DEFAULT_CONFIG, AblationSpec, TrialContext, needs_work, run_dir, set_aside,
+                                stale_training, trial_overrides)
+    from tune.trial import EvaluationSettings
+    from unip2.run_config import load_run_config
+
+    spec = AblationSpec(config_path=str(DEFAULT_CONFIG), evaluation=EvaluationSettings(max_images=None))
+    base = load_run_config(spec.config_path)
+    context = TrialContext(out=str(tmp_path), cwd=str(tmp_path), spec=spec,
+                           variants=build_plan(list(base.tasks)).variants)
+    assert needs_work(context, FULL, 0, base)  # never trained
+    folder = _finished_trial(context, FULL, 0, trial_overrides(context, FULL, 0, base), spec.evaluation)
+    assert stale_training(context, FULL, 0, base) == []
+    assert not needs_work(context, FULL, 0, base)
+    context.spec.evaluation = EvaluationSettings(max_images=64)
+    assert needs_work(context, FULL, 0, base)  # evaluated with other settings: re-evaluated, not retrained
+    assert stale_training(context, FULL, 0, base) == []
+    context.spec.evaluation = spec.evaluation
+
+    # The base config changed since the trial trained (here: its step count): the trial trains again and
+    # its old folder is kept aside.
+    other = _finished_trial(context, FULL, 1, [*trial_overrides(context, FULL, 1, base), "train.steps=99"],
+                            spec.evaluation)
+    assert stale_training(context, FULL, 1, base) == ["train.steps"]
+    assert needs_work(context, FULL, 1, base)
+    kept = set_aside(other, ["train.steps"])
+    assert not other.exists() and (kept / "trial.json").is_file() and kept.parent == tmp_path / "replaced"
+
+    # A variant built on another trial's backbone: stale once that backbone is exported again after it trained.
+    built = next(name for name, v in context.variants.items() if v.backbone_from is not None)
+    source = context.variants[built].backbone_from
+    trained = _finished_trial(context, built, 0, trial_overrides(context, built, 0, base), spec.evaluation)
+    backbone = run_dir(tmp_path, source, 0) / "backbone.safetensors"
+    backbone.parent.mkdir(parents=True, exist_ok=True)
+    backbone.write_bytes(b"weights")
+    os.utime(trained / "run_config.yaml", (1, 1))
+    assert stale_training(context, built, 0, base) == [
+        "model.backbone.pretrained_path (its source trial trained again)"]
+    assert folder.is_dir()
+
+
+
+def test_interference_check_compares_moe_with_plain():
+    def measured(interference: float, mean: float) -> dict:
+        return {"summary": {"mean": mean, "mean_abs": 0.3, "interference": interference, "negative_share": 0.5}}
+
+    results = {"without MoE": [measured(0.20, -0.10), measured(0.22, -0.12)],
+               "with MoE": [measured(0.10, -0.02), measured(0.12, -0.04)]}
+    check = report.interference_check(results)
+    assert "interference (mean of max(−δ, 0)) with MoE − without -0.100 (spread 0.020): agrees" in check
+    assert "mean δ with MoE − without +0.080 (spread 0.020): agrees" in check
+    results["with MoE"] = [measured(0.25, -0.2), measured(0.19, -0.1)]
+    assert "+0.010 (spread 0.045): disagrees (within seed spread)" in report.interference_check(results)
+    assert report.interference_check({"without MoE": results["without MoE"], "with MoE": []}) == ""
