@@ -230,10 +230,23 @@ def interference_check(results: dict[str, list[dict]]) -> str:
         verdict = "no difference" if diff == 0 else "agrees" if agrees else "disagrees"
         if diff != 0 and abs(diff) <= spread:
             verdict += " (within seed spread)"
-        lines.append(f"{label} with MoE − without {diff:+.3f} (spread {spread:.3f}): {verdict}")
+        lines.append(f"{label} with MoE − without {diff:+.3f} (spread {spread:.3f}): {verdict}"
+                     + _paired_seeds(without, with_moe, key, lower_is_better))
     if not lines:
         return ""
     return "- Paper: the conditional MoE reduces task interference. Ours: " + "; ".join(lines) + ".\n"
+
+
+def _paired_seeds(without: list[dict], with_moe: list[dict], key: str, lower_is_better: bool) -> str:
+    """How many seeds move the paper's way, comparing the two models trained with the same seed (same data
+    order and initial draw of the shared weights)."""
+    plain = {m["seed"]: m["summary"][key] for m in without if "seed" in m}
+    pairs = [(m["summary"][key], plain[m["seed"]]) for m in with_moe if m.get("seed") in plain]
+    pairs = [(a, b) for a, b in pairs if math.isfinite(a) and math.isfinite(b)]
+    if not pairs:
+        return ""
+    agreeing = sum((a < b) if lower_is_better else (a > b) for a, b in pairs)
+    return f", the paper's way in {agreeing}/{len(pairs)} seeds paired"
 
 
 def _variance(values: list[float]) -> float:

@@ -219,14 +219,26 @@ def test_finished_trials_are_reused_unless_evaluated_or_configured_otherwise(tmp
 
 
 def test_interference_check_compares_moe_with_plain():
-    def measured(interference: float, mean: float) -> dict:
-        return {"summary": {"mean": mean, "mean_abs": 0.3, "interference": interference, "negative_share": 0.5}}
+    def measured(interference: float, mean: float, seed: int) -> dict:
+        return {"seed": seed, "summary": {"mean": mean, "mean_abs": 0.3, "interference": interference,
+                                          "negative_share": 0.5}}
 
-    results = {"without MoE": [measured(0.20, -0.10), measured(0.22, -0.12)],
-               "with MoE": [measured(0.10, -0.02), measured(0.12, -0.04)]}
+    results = {"without MoE": [measured(0.20, -0.10, 0), measured(0.22, -0.12, 1)],
+               "with MoE": [measured(0.10, -0.02, 0), measured(0.12, -0.04, 1)]}
     check = report.interference_check(results)
-    assert "interference (mean of max(−δ, 0)) with MoE − without -0.100 (spread 0.020): agrees" in check
+    assert ("interference (mean of max(−δ, 0)) with MoE − without -0.100 (spread 0.020): agrees, "
+            "the paper's way in 2/2 seeds paired") in check
     assert "mean δ with MoE − without +0.080 (spread 0.020): agrees" in check
-    results["with MoE"] = [measured(0.25, -0.2), measured(0.19, -0.1)]
-    assert "+0.010 (spread 0.045): disagrees (within seed spread)" in report.interference_check(results)
+    results["with MoE"] = [measured(0.25, -0.2, 0), measured(0.19, -0.1, 1)]
+    assert ("+0.010 (spread 0.045): disagrees (within seed spread), the paper's way in 1/2 seeds paired"
+            in report.interference_check(results))
     assert report.interference_check({"without MoE": results["without MoE"], "with MoE": []}) == ""
+
+
+def test_seeds_and_variants_options():
+    from tune.ablations import build_spec, parse_args
+
+    spec = build_spec(parse_args(["--seeds", "3", "--variants", "full, mixed", "train.steps=20"]))
+    assert spec.seeds == [0, 1, 2] and spec.variants == ["full", "mixed"] and spec.overrides == ["train.steps=20"]
+    with pytest.raises(ValueError, match="--seeds"):
+        build_spec(parse_args(["--seeds", "0"]))

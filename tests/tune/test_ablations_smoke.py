@@ -65,11 +65,23 @@ def test_smoke_measures_interference_with_and_without_moe(smoke):
 def test_rerun_reuses_finished_trials(smoke, embedded_data):
     _, out = smoke
     before = (out / "trials" / f"{FULL}-seed0" / "trial.json").stat().st_mtime
-    started = time.time()
+    grids = sorted((out / "tune").iterdir())
     assert ablations.main(["--smoke", "--out", str(out), "--interference-batches", "0",
                            f"data.root={embedded_data}"]) == 0
     assert (out / "trials" / f"{FULL}-seed0" / "trial.json").stat().st_mtime == before
-    assert time.time() - started < 30  # no training, no evaluation: only the tables again
+    assert sorted((out / "tune").iterdir()) == grids  # no Tune grid started: nothing trained or evaluated
+
+
+def test_rerun_with_another_config_trains_again_and_keeps_the_old_run(smoke, embedded_data):
+    _, out = smoke
+    old_trial = json.loads((out / "trials" / f"{FULL}-seed0" / "trial.json").read_text())
+    assert ablations.main(["--smoke", "--variants", FULL, "--out", str(out), "--interference-batches", "0",
+                           f"data.root={embedded_data}", "optim.lr=2.0e-4"]) == 0
+    (kept,) = (out / "replaced").iterdir()
+    assert kept.name.startswith(f"{FULL}-seed0-")
+    assert json.loads((kept / "trial.json").read_text()) == old_trial
+    assert "lr: 0.0002" in (out / "trials" / f"{FULL}-seed0" / "run_config.yaml").read_text()
+    assert (out / "trials" / f"{FULL}-seed0" / "trial.json").is_file()
 
 
 def test_bad_variant_is_refused_before_training(ray_local, tmp_path, capsys):
