@@ -117,7 +117,7 @@ def draw_prediction_grid(panels: list[Panel], path: str | Path, *, columns: int 
                     bbox=dict(facecolor=color, alpha=0.8, pad=1, edgecolor="none"))
         ax.set_title(panel.title, fontsize=9)
         if panel.lines:
-            text = "\n".join(textwrap.fill(line, 48) for line in panel.lines)
+            text = "\n".join(textwrap.fill(_printable(line), 48) for line in panel.lines)
             ax.text(0.5, -0.03, text, transform=ax.transAxes, ha="center", va="top", fontsize=8)
     figure.tight_layout()
     path = Path(path)
@@ -135,3 +135,8 @@ def _overlay(mask: np.ndarray, color: str, alpha: float = 0.35) -> np.ndarray:
     rgba[..., :3] = to_rgb(color)
     rgba[..., 3] = (mask > 0) * alpha
     return rgba
+
+
+def _printable(text: str) -> str:
+    """Generated text can hold control characters (an early model's byte tokens) that no font draws."""
+    return "".join(c if c.isprintable() else "\N{REPLACEMENT CHARACTER}" for c in text)

@@ -3,6 +3,8 @@ matched to the data by name, the picture and the report are drawn from predictio
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -87,8 +89,10 @@ def test_grid_draws_masks_boxes_and_captions(ground_truth, embedded_data, tmp_pa
     assert len(panels) == 9 and panels[0].lines == ['"shapes on a wall"']  # captioned images first
     assert panels[0].masks is not None and panels[0].names == ground_truth[3]["names"]
     faint = Panel(image=images[ground_truth[0]["image_id"]], title="faint", boxes=[[1, 1, 9, 9]], names=["x"],
-                  scores=[0.01])
-    path = draw_prediction_grid([*panels[:2], faint], tmp_path / "grid.png", columns=3)
+                  scores=[0.01], lines=["an early model's caption \x7f\x00 with control bytes"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # e.g. matplotlib's "Glyph 127 missing from font(s)"
+        path = draw_prediction_grid([*panels[:2], faint], tmp_path / "grid.png", columns=3)
     with Image.open(path) as picture:
         assert picture.size == (1260, 480)
         pixels = np.asarray(picture.convert("RGB")).reshape(-1, 3)

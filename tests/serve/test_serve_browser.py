@@ -8,6 +8,7 @@ a failure, not a skip: the set-up must install it.
 from __future__ import annotations
 
 import base64
+import contextlib
 import itertools
 import json
 import re
@@ -42,7 +43,9 @@ class Browser:
         port = self._devtools_port(profile)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as response:
             page = next(t for t in json.loads(response.read()) if t["type"] == "page")
-        self.socket = connect(page["webSocketDebuggerUrl"], max_size=2**26, open_timeout=10)
+        self.connection = contextlib.ExitStack()  # the client wants its connection used as a context manager
+        self.socket = self.connection.enter_context(
+            connect(page["webSocketDebuggerUrl"], max_size=2**26, open_timeout=10))
         self.ids = itertools.count(1)
 
     def _devtools_port(self, profile: Path, timeout_s: float = 30.0) -> int:
@@ -96,7 +99,7 @@ class Browser:
 
     def close(self) -> None:
         try:
-            self.socket.close()
+            self.connection.close()
         finally:
             self.process.terminate()
             try:
