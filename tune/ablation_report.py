@@ -156,6 +156,13 @@ def paper_claims(variants: set[str], tasks: list[str]) -> list[Claim]:
             and (c.tasks is None or any(t in tasks for t in c.tasks))]
 
 
+def direction_verdict(diff: float, spread: float, *, paper_way: bool) -> str:
+    """"agrees" / "disagrees" with the paper by the direction of ``diff`` ("no difference" at 0), with
+    "(within seed spread)" when |diff| ≤ spread."""
+    verdict = "no difference" if diff == 0 else "agrees" if paper_way else "disagrees"
+    return verdict + (" (within seed spread)" if diff != 0 and abs(diff) <= spread else "")
+
+
 def check_claim(claim: Claim, rows: list[dict], cols: list[Column]) -> list[dict]:
     """One verdict per compared column: diff = mean(better) − mean(worse), spread = √(sd_b² + sd_w²);
     "agrees"/"disagrees" by the sign of diff ("no difference" at 0), "(within seed spread)" when |diff| ≤ spread."""
@@ -169,9 +176,7 @@ def check_claim(claim: Claim, rows: list[dict], cols: list[Column]) -> list[dict
             continue
         diff = b.mean - w.mean
         spread = math.sqrt(b.sd ** 2 + w.sd ** 2)
-        verdict = "agrees" if diff > 0 else "disagrees" if diff < 0 else "no difference"
-        if diff != 0 and abs(diff) <= spread:
-            verdict += " (within seed spread)"
+        verdict = direction_verdict(diff, spread, paper_way=diff > 0)
         verdicts.append({"column": column.label, "better": b.mean, "worse": w.mean, "diff": diff,
                          "spread": spread, "verdict": verdict})
     return verdicts
@@ -226,10 +231,7 @@ def interference_check(results: dict[str, list[dict]]) -> str:
         diff = float(np.mean(a) - np.mean(b))
         spread = math.sqrt(_variance(a) + _variance(b))
         lower_is_better = key == "interference"
-        agrees = diff < 0 if lower_is_better else diff > 0
-        verdict = "no difference" if diff == 0 else "agrees" if agrees else "disagrees"
-        if diff != 0 and abs(diff) <= spread:
-            verdict += " (within seed spread)"
+        verdict = direction_verdict(diff, spread, paper_way=diff < 0 if lower_is_better else diff > 0)
         lines.append(f"{label} with MoE − without {diff:+.3f} (spread {spread:.3f}): {verdict}"
                      + _paired_seeds(without, with_moe, key, lower_is_better))
     if not lines:

@@ -113,7 +113,7 @@ def changed_fields(saved: dict, wanted: dict, prefix: str = "") -> list[str]:
     changed = []
     for key, value in wanted.items():
         name = f"{prefix}{key}"
-        if key == "out" and not prefix or value is None or value == {} or value == []:
+        if (key == "out" and not prefix) or value is None or value == {} or value == []:
             continue
         if isinstance(value, dict) and isinstance(saved.get(key), dict):
             changed += changed_fields(saved[key], value, name + ".")
@@ -138,13 +138,18 @@ def stale_training(context: TrialContext, variant_name: str, seed: int, base: Ru
     return changed
 
 
+def evaluated_otherwise(folder: Path, evaluation: EvaluationSettings) -> bool:
+    """The finished trial in ``folder`` was evaluated with other settings than ``evaluation``."""
+    return json.loads((folder / "trial.json").read_text()).get("evaluation_settings") != asdict(evaluation)
+
+
 def needs_work(context: TrialContext, variant: str, seed: int, base: RunConfig) -> bool:
     """The trial has not finished, trained another config than its variant's now, or was evaluated with
     other settings."""
-    trial = run_dir(context.out, variant, seed) / "trial.json"
-    if not trial.is_file() or stale_training(context, variant, seed, base):
+    folder = run_dir(context.out, variant, seed)
+    if not (folder / "trial.json").is_file() or stale_training(context, variant, seed, base):
         return True
-    return json.loads(trial.read_text()).get("evaluation_settings") != asdict(context.spec.evaluation)
+    return evaluated_otherwise(folder, context.spec.evaluation)
 
 
 def set_aside(folder: Path, changed: list[str]) -> Path:
@@ -183,7 +188,7 @@ def run_variant(context: TrialContext, variant_name: str, seed: int) -> dict:
     if changed:
         set_aside(folder, changed)
     if (folder / "trial.json").is_file():
-        if needs_work(context, variant_name, seed, base):
+        if evaluated_otherwise(folder, spec.evaluation):
             reevaluate(folder, spec.evaluation)
     else:
         setup = TrialSetup(sweep_dir=context.out, cwd=context.cwd, config_path=spec.config_path,

@@ -9,7 +9,7 @@ import dataclasses
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_model, save_file, save_model
+from safetensors.torch import load_file, load_model, save_file, save_model
 
 from unip2 import config_io
 from unip2.config import ModelConfig
@@ -68,8 +68,6 @@ BACKBONE_PREFIX = "backbone.body."
 def export_backbone(directory: str | Path, path: str | Path) -> Path:
     """Write the image backbone of a saved model (``directory``) as a weights file that
     ``BackboneConfig.pretrained_path`` takes (timm's parameter names, no ``backbone.body.`` prefix)."""
-    from safetensors.torch import load_file
-
     load_config(directory)  # refuses an incomplete folder, naming it
     state = load_file(str(Path(directory) / WEIGHTS))
     backbone = {k.removeprefix(BACKBONE_PREFIX): v.contiguous() for k, v in state.items()
