@@ -21,7 +21,12 @@ class BackboneConfig:
     out_indices: tuple[int, ...] = (2, 3, 4)
     """timm feature levels fed to the region proposal network; the last one is F_L for the global tokens."""
     pretrained_path: str | None = None
-    """Local weights file (``.safetensors``/``.pth``) for the backbone; None = random init. Never a hub name."""
+    """Local weights file for the backbone, loaded by timm's own loader: timm's ``model.safetensors`` /
+    ``pytorch_model.bin``, an original release ``.pth`` (e.g. Swin's, with a ``model`` key; torchvision's ResNet)
+    or a file from ``unip2.persistence.export_backbone``; None = random init. Never a hub name."""
+    pretrained_strict: bool = True
+    """Fail when the file leaves any backbone tensor unloaded (naming them); False loads what fits and prints
+    the counts."""
     drop_path_rate: float = 0.0
     """Stochastic depth rate, where the timm model supports it."""
 

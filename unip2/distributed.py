@@ -1,6 +1,6 @@
 """torch.distributed helpers the multi-task method needs (no Ray here; any launcher sets up the group).
 
-* ``gather_with_grad``: retrieval negatives from every worker, gradients kept for the local rows.
+* ``gather_with_grad``: retrieval negatives from every worker (batch sizes may differ), exact gradients.
 * ``normalize_and_average_gradients``: the ``mixed`` sampling mode, where each worker trains its own
   task: ω_k·g_k/‖g_k‖ is formed locally, then averaged over workers.
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
 
 from unip2.optim import global_grad_norm
 
@@ -21,14 +22,24 @@ def world() -> tuple[int, int]:
 
 
 def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """B×D from every rank → (W·B×D, offset of this rank's rows). Equal B on every rank is required."""
+    """B_r×D from every rank r → (ΣB_r×D, offset of this rank's rows); batch sizes may differ between ranks
+    (a worker that dropped a corrupt image has fewer rows).
+
+    The gradient is exact: every rank's rows keep their graph (``torch.distributed.nn`` all-gather, whose
+    backward sums each rank's gradient back to the rows' owner), so with DDP averaging the parameter gradients
+    the result is the gradient of the mean of the workers' losses — not the local-slice approximation.
+    """
     rank, size = world()
     if size == 1:
         return x, 0
-    parts = [torch.empty_like(x) for _ in range(size)]
-    dist.all_gather(parts, x.detach().contiguous())
-    parts[rank] = x  # the local slice keeps its graph; other ranks' rows are constants here
-    return torch.cat(parts), rank * x.shape[0]
+    count = torch.tensor([x.shape[0]], dtype=torch.long, device=x.device)
+    counts = [torch.empty_like(count) for _ in range(size)]
+    dist.all_gather(counts, count)
+    counts = [int(c) for c in counts]  # one tiny host sync: the shapes must be known to cut the padding
+    longest = max(counts)
+    padded = torch.cat([x, x.new_zeros((longest - x.shape[0], *x.shape[1:]))]) if x.shape[0] < longest else x
+    parts = dist_nn.all_gather(padded.contiguous())
+    return torch.cat([part[:n] for part, n in zip(parts, counts)]), sum(counts[:rank])
 
 
 def normalize_and_average_gradients(parameters: list[torch.nn.Parameter], omega: float) -> torch.Tensor:

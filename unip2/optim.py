@@ -8,7 +8,10 @@ One optimizer step consumes the (already all-reduced) gradient of a single task 
     p -= lr * wd * p                             decoupled, per param group, not scaled by omega or s
     p -= lr * (m / (1 - b1**t)) / (sqrt(n / (1 - b2**t)) + eps)
 
-with `t` a per-parameter step counter (a parameter only steps when it has a gradient). `s_k` is task
+with `t` the step counter. Every parameter of the optimizer takes part in every step: one without a gradient
+in this step (a head the drawn task does not use) counts as g = 0, so its moments decay and it moves like every
+other, as in the paper's update (skipping it would let its moments move only on the steps of the tasks that use
+it, making its effective step about 1/sqrt(s_k) too large). `s_k` is task
 k's normalized sampling ratio: a task drawn rarely gets a proportionally larger share of the moments
 so every task moves the moments equally on average. With `omega = s = 1` this is exactly AdamW fed
 the unit-norm gradient. When `(1 - b) / s_k > 1` the coefficient is capped at 1 (the moment would
@@ -211,7 +214,7 @@ class MTAdamW(torch.optim.Optimizer):
                 loss = closure()
 
         per_group = [self._collect(group) for group in self.param_groups]
-        all_grads = [g for lists in per_group for g in lists[1]]
+        all_grads = [g for lists in per_group for g in lists[1] if g is not None]
         if not all_grads:
             return loss
 
@@ -240,12 +243,11 @@ class MTAdamW(torch.optim.Optimizer):
         return loss
 
     def _collect(self, group: dict) -> tuple[list, list, list, list, list]:
-        """Parameters of `group` that have a gradient, with their state (created on first use)."""
+        """Every parameter of `group` with its gradient (None: g = 0 this step) and its state (created on the
+        first step, for all parameters at once, so every step counter counts the optimizer's steps)."""
         params, grads, exp_avgs, exp_avg_sqs, steps = [], [], [], [], []
         for p in group["params"]:
-            if p.grad is None:
-                continue
-            if p.grad.is_sparse:
+            if p.grad is not None and p.grad.is_sparse:
                 raise RuntimeError("MTAdamW does not support sparse gradients")
             state = self.state[p]
             if not state:
@@ -271,7 +273,10 @@ class MTAdamW(torch.optim.Optimizer):
         scale: torch.Tensor | float,
         s: float,
     ) -> bool:
-        """Apply the update to one param group; returns whether the min(1, .) cap bound."""
+        """Apply the update to one param group; returns whether the min(1, .) cap bound.
+
+        A parameter whose gradient is None gets g = 0: m = b1*m, n = b2*n, then the same update as the others.
+        """
         beta1, beta2 = group["betas"]
         lr, eps, weight_decay = group["lr"], group["eps"], group["weight_decay"]
         c1 = min(1.0, (1.0 - beta1) / s)
@@ -280,21 +285,28 @@ class MTAdamW(torch.optim.Optimizer):
         # m = b1*m + c1*g == lerp(m, k*g, 1-b1) with k = c1/(1-b1): fold k into the gradient scale
         # so the first moment is a single lerp, as in AdamW; n's coefficient absorbs 1/k**2.
         k = c1 / (1.0 - beta1)
-        grouped = self._group_tensors_by_device_and_dtype(
-            [params, grads, exp_avgs, exp_avg_sqs, steps]
-        )
-        device_scales: dict[torch.device, torch.Tensor] = {}
-        for (device_params, device_grads, device_m, device_n, device_steps), _ in grouped.values():
-            device = device_params[0].device
+        with_grad = [i for i, g in enumerate(grads) if g is not None]
+        idle = [i for i, g in enumerate(grads) if g is None]
+        if idle:
+            idle_m, idle_n = [exp_avgs[i] for i in idle], [exp_avg_sqs[i] for i in idle]
+            torch._foreach_mul_(idle_m, beta1)
+            torch._foreach_mul_(idle_n, beta2)
+        everything = self._group_tensors_by_device_and_dtype([params, exp_avgs, exp_avg_sqs, steps])
+        for (device_params, device_m, device_n, device_steps), _ in everything.values():
             if device_steps[0].is_cpu:
                 # One wrapped scalar instead of one per tensor on the CPU fallback path.
                 torch._foreach_add_(device_steps, torch.tensor(1.0), alpha=1.0)
             else:
                 torch._foreach_add_(device_steps, 1)
-
             if weight_decay != 0.0:
                 torch._foreach_mul_(device_params, 1.0 - lr * weight_decay)
 
+        grouped = self._group_tensors_by_device_and_dtype(
+            [[params[i] for i in with_grad], [grads[i] for i in with_grad], [exp_avgs[i] for i in with_grad],
+             [exp_avg_sqs[i] for i in with_grad]]) if with_grad else {}
+        device_scales: dict[torch.device, torch.Tensor] = {}
+        for (device_params, device_grads, device_m, device_n), _ in grouped.values():
+            device = device_params[0].device
             host_scale = _host_scale(scale, device)
             if host_scale is not None:
                 # m = b1*m + c1*a*grad, n = b2*n + c2*a**2*grad**2 straight from the raw gradients: on
@@ -317,6 +329,7 @@ class MTAdamW(torch.optim.Optimizer):
                 torch._foreach_addcmul_(device_n, g, g, value=c2 / (k * k))
                 del g
 
+        for (device_params, device_m, device_n, device_steps), _ in everything.values():
             step_values = [t.item() for t in device_steps]
             step_size = [-lr / (1.0 - beta1**t) for t in step_values]
             bias_correction2_sqrt = [(1.0 - beta2**t) ** 0.5 for t in step_values]

@@ -2,7 +2,10 @@
 and the 2-worker step equal to one process on the concatenated batch."""
 
 import json
+import shutil
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -110,6 +113,32 @@ def test_two_worker_step_equals_one_process_averaging_the_workers_gradients(ray_
     update_ddp = torch.cat([(distributed[n] - initial[n]).flatten() for n in names])
     assert update_single.norm() > 0
     assert (update_ddp - update_single).norm() / update_single.norm() < 1e-3
+
+
+def test_retrieval_gathers_unequal_batches_when_one_worker_drops_a_corrupt_image(ray_local, embedded_data, tmp_path,
+                                                                                 monkeypatch):
+    data = tmp_path / "data"
+    shutil.copytree(embedded_data, data)
+    shard = data / "coco_captions" / "train" / "part-00000.parquet"
+    table = pq.read_table(shard)
+    images = table.column("image").to_pylist()
+    images[5] = b"\xff\xd8\xff truncated jpeg"
+    pq.write_table(table.set_column(table.schema.get_field_index("image"), "image", pa.array(images, pa.binary())),
+                   shard)
+    trace = tmp_path / "trace"
+    trace.mkdir()
+    rows = pq.read_metadata(shard).num_rows + sum(pq.read_metadata(p).num_rows
+                                                  for p in shard.parent.glob("*.parquet") if p != shard)
+    steps = rows // 8  # one epoch: every row once, 4 per worker and step
+    *_, checkpoint = train(tmp_path, "corrupt", SMALL + [
+        "tasks={retrieval: {batch_size: 4}}", f"data.root={data}", f"train.steps={steps}",
+        f"train.checkpoint_every={steps}"], monkeypatch, {TRACE_DIR: str(trace)})
+    state = json.loads((checkpoint / "train_state.json").read_text())
+    assert state["step"] == steps and state["nonfinite_steps"] == 0
+    assert sum(state["skipped_images"].values()) == 1
+    sizes = [[len(line.split()) - 2 for line in (trace / f"rank{r}.txt").read_text().splitlines()] for r in (0, 1)]
+    uneven = [step for step, (a, b) in enumerate(zip(*sizes)) if a != b]
+    assert len(uneven) == 1 and sorted((sizes[0][uneven[0]], sizes[1][uneven[0]])) == [3, 4]
 
 
 def test_consecutive_nonfinite_losses_stop_the_run(ray_local, embedded_data, tmp_path, monkeypatch):
