@@ -169,19 +169,28 @@ def test_zero_omega_only_decays():
     torch.testing.assert_close(p.detach(), p0 * (1 - 0.1 * 0.5), rtol=1e-14, atol=0.0)
 
 
+class Declaring(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.query = nn.Parameter(torch.zeros(4, 8))
+        self.bank = nn.Parameter(torch.zeros(2, 8, 8))
+
+    def no_weight_decay(self):
+        return {"query"}
+
+
 def test_param_groups_for_no_decay_rule():
     model = TinyModel()
-    model.pos_embed = nn.Parameter(torch.zeros(5, 8))
-    model.query = nn.Parameter(torch.zeros(4, 8))
-    model.spe_token = nn.Parameter(torch.zeros(2, 8))
-    model.temperature = nn.Parameter(torch.ones(1, 1))
+    model.pos_embed = nn.Parameter(torch.zeros(5, 8))  # a name alone exempts nothing
+    model.sub = Declaring()
+    model.temperature = nn.Parameter(torch.ones(1))
     model.frozen = nn.Parameter(torch.zeros(3, 3), requires_grad=False)
     decay, no_decay = param_groups_for(model, weight_decay=0.05)
     assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
-    assert set(decay["param_names"]) == {"proj.weight", "head.weight"}
+    assert set(decay["param_names"]) == {"proj.weight", "head.weight", "pos_embed", "sub.bank"}
     assert set(no_decay["param_names"]) == {
-        "embed.weight", "proj.bias", "norm.weight", "norm.bias", "head.bias", "logit_scale",
-        "pos_embed", "query", "spe_token", "temperature",
+        "embed.weight", "proj.bias", "norm.weight", "norm.bias", "head.bias", "logit_scale", "sub.query",
+        "temperature",
     }
     named = dict(model.named_parameters())
     for group in (decay, no_decay):
@@ -191,6 +200,37 @@ def test_param_groups_for_no_decay_rule():
     decay, no_decay = param_groups_for(wrapped, weight_decay=0.1)
     assert decay["param_names"] == ["1.weight"]
     assert set(no_decay["param_names"]) == {"0.weight", "1.bias"}
+
+
+def matrices_without_decay(preset: str) -> tuple[dict[str, int], set[str]]:
+    """For the real preset model: multi-dimensional parameters left undecayed, counted by their last name
+    part; and the decayed parameter names."""
+    import collections
+
+    import unip2
+
+    decay, no_decay = param_groups_for(unip2.build_model(unip2.preset(preset)), weight_decay=0.05)
+    counts = collections.Counter(name.rsplit(".", 1)[-1] if not name.endswith(".weight") else
+                                 name.rsplit(".", 2)[-2] + ".weight"
+                                 for name, p in zip(no_decay["param_names"], no_decay["params"]) if p.ndim > 1)
+    return dict(counts), set(decay["param_names"])
+
+
+@pytest.mark.parametrize("preset", ["tiny", "base"])
+def test_real_models_decay_every_weight_matrix_but_embeddings_and_declared_ones(preset):
+    undecayed, decayed = matrices_without_decay(preset)
+    layers = 2 if preset == "tiny" else 6
+    expected = {"word_embeddings.weight": 1, "position_embeddings.weight": 1, "token_type_embeddings.weight": 1,
+                "token_type.weight": 1, "level_embed": 1, "pool_query": 1, "spe_token": 1,
+                "b1": layers, "b2": layers}
+    if preset == "base":  # Swin-B: one relative position table per block
+        expected["relative_position_bias_table"] = 24
+    assert undecayed == expected
+    # Linear weights whose names once matched "pos" / "query" substrings are decayed like every other.
+    assert "global_tokens.position.weight" in decayed
+    assert "text_encoder.model.encoder.layer.0.attention.self.query.weight" in decayed
+    assert "proposals.pixel_encoder.input_proj.0.0.weight" in decayed
+    assert "decoder.layers.0.ffn.w1" in decayed
 
 
 def run_steps(model, opt, schedule, first_step):

@@ -39,8 +39,6 @@ logger = logging.getLogger("unip2.optim")
 _MIN_NORM = 1e-12
 _MAX_HOST_SCALE = 1e18  # its square stays below float32's largest value (3.4e38)
 
-_NO_DECAY_NAME_PARTS = ("embed", "pos", "logit_scale", "temperature", "query", "spe_token")
-
 
 def global_grad_norm(params: Iterable[torch.Tensor] | torch.Tensor) -> torch.Tensor:
     """L2 norm of all gradients of `params` taken together, as if concatenated.
@@ -84,16 +82,26 @@ def _host_scale(scale: torch.Tensor | float, device: torch.device) -> float | No
     return scale if abs(scale) < _MAX_HOST_SCALE else None  # False for nan and inf
 
 
+def no_weight_decay_names(model: nn.Module) -> set[str]:
+    """Full names of the parameters the model's modules declare exempt, through a ``no_weight_decay()`` method
+    returning names relative to the module (timm's convention)."""
+    names = set()
+    for prefix, module in model.named_modules():
+        declare = getattr(module, "no_weight_decay", None)
+        if callable(declare):
+            names.update(f"{prefix}.{name}" if prefix else name for name in declare())
+    return names
+
+
 def param_groups_for(model: nn.Module, weight_decay: float) -> list[dict]:
     """Split `model`'s trainable parameters into a decayed and a non-decayed group.
 
     A parameter gets NO weight decay when any of these holds:
-      * it has at most one dimension (norm weights and biases, scalar temperatures);
-      * it is the weight of an `nn.Embedding`;
-      * its dotted name (lower-cased) contains "embed" or "pos" (positional / type embeddings),
-        "logit_scale" or "temperature" (contrastive temperatures), "query" or "spe_token"
-        (learned query and special-token parameters).
-    Everything else (linear / conv weights) is decayed with `weight_decay`.
+      * it has at most one dimension (biases, norm weights, scalar and per-family temperatures);
+      * it is the weight of an `nn.Embedding` (token, position and type embeddings);
+      * a module declares it in its ``no_weight_decay()`` (learned queries, the <SPE> token, level and
+        position codes, the MoE experts' stacked biases, timm's position tables).
+    Everything else (linear / conv weights, the experts' weight banks) is decayed with `weight_decay`.
 
     Returns `[{"params", "param_names", "weight_decay": weight_decay},
               {"params", "param_names", "weight_decay": 0.0}]`; both groups are always present (one
@@ -103,17 +111,13 @@ def param_groups_for(model: nn.Module, weight_decay: float) -> list[dict]:
     embedding_weights = {
         id(module.weight) for module in model.modules() if isinstance(module, nn.Embedding)
     }
+    declared = no_weight_decay_names(model)
     decay: dict[str, list] = {"params": [], "param_names": []}
     no_decay: dict[str, list] = {"params": [], "param_names": []}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        lowered = name.lower()
-        skip = (
-            param.ndim <= 1
-            or id(param) in embedding_weights
-            or any(part in lowered for part in _NO_DECAY_NAME_PARTS)
-        )
+        skip = param.ndim <= 1 or id(param) in embedding_weights or name in declared
         target = no_decay if skip else decay
         target["params"].append(param)
         target["param_names"].append(name)

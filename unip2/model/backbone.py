@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 _TIMM_BUILDER_LOGGER = "timm.models._builder"
 _MISSING_KEYS = re.compile(r"^Missing keys \((.*)\) discovered while loading pretrained weights")
 _LOADED = re.compile(r"^Loading pretrained weights from")
+# Parameters timm's models list in their own no_weight_decay().
+_TIMM_NO_DECAY = {"relative_position_bias_table", "absolute_pos_embed", "pos_embed", "cls_token", "dist_token",
+                  "reg_token"}
 
 
 class PartialBackboneWeights(ValueError):
@@ -133,6 +136,11 @@ class Backbone(nn.Module):
             print(f"[model] {message} (pretrained_strict off: {len(missing)} keep their random init)", flush=True)
         log.info(message)
         return body
+
+    def no_weight_decay(self) -> set[str]:
+        """timm's position parameters (Swin's relative position tables, ViT's position embeddings and class
+        tokens): timm's feature wrapper drops the model's own ``no_weight_decay``, so they are named here."""
+        return {name for name, _ in self.named_parameters() if name.rsplit(".", 1)[-1] in _TIMM_NO_DECAY}
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         features = self.body(images)

@@ -87,6 +87,10 @@ class UnifiedDecoder(nn.Module):
                 nn.init.trunc_normal_(linear.weight, std=0.02)
                 nn.init.zeros_(linear.bias)
 
+    def no_weight_decay(self) -> set[str]:
+        """The <SPE> token is a learned embedding: no weight decay."""
+        return {"spe_token"}
+
     @classmethod
     def from_config(cls, cfg: DecoderConfig) -> "UnifiedDecoder":
         return cls(width=cfg.width, num_layers=cfg.num_layers, num_heads=cfg.num_heads, ffn_dim=cfg.ffn_dim,

@@ -66,6 +66,10 @@ class GlobalTokens(nn.Module):
         self.norm = nn.LayerNorm(width)
         self.num_pools = num_pools
 
+    def no_weight_decay(self) -> set[str]:
+        """The attention pools' learned queries: no weight decay."""
+        return {"pool_query"}
+
     def forward(self, last_map: torch.Tensor) -> torch.Tensor:
         batch, _, height, width = last_map.shape
         flat = self.project(last_map.flatten(2).transpose(1, 2))  # B×HW×D

@@ -82,6 +82,10 @@ class ConditionalMoEFFN(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.reset_parameters()
 
+    def no_weight_decay(self) -> set[str]:
+        """The experts' stacked biases (2-D, one row per expert) are biases: no weight decay."""
+        return {"b1", "b2"}
+
     def reset_parameters(self) -> None:
         for weight in (self.w1, self.w2):
             nn.init.trunc_normal_(weight, std=0.02)

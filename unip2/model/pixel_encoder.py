@@ -107,6 +107,10 @@ class PixelEncoder(nn.Module):
             nn.ReLU(inplace=True), nn.Conv2d(dim, dim, kernel_size=1))
         self.reset_parameters()
 
+    def no_weight_decay(self) -> set[str]:
+        """The per-level embedding is a learned position code: no weight decay."""
+        return {"level_embed"}
+
     def reset_parameters(self) -> None:
         for proj in self.input_proj:
             nn.init.xavier_uniform_(proj[0].weight, gain=1)
