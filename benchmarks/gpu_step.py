@@ -41,6 +41,7 @@ from unip2.model.tokenizer import TextTokenizer
 from unip2.run_config import RunConfig, TaskRunConfig, load_run_config
 from unip2.tasks import TASKS
 from unip2.training_setup import TaskLoss, build_optimizer, compile_model
+from unip2.training_step import TrainingStep
 
 ROOT = Path(__file__).resolve().parents[1]
 H100_BF16_DENSE_TFLOPS = 989.0
@@ -135,18 +136,12 @@ def task_batch(task_name: str, run: RunConfig, root: Path, tokenizer: TextTokeni
                            train=True, rng=np.random.default_rng(0), max_text_length=run.data.max_text_length)
 
 
-def make_step(task_name: str, np_batch: dict, *, loss_module, optimizer, device: torch.device, autocast):
-    """One training step as the training loop takes it (collate, forward, backward, MT-AdamW) → loss."""
+def make_step(task_name: str, np_batch: dict, *, train_step: TrainingStep, device: torch.device):
+    """One training step as the training loop takes it (collate, then ``TrainingStep``) → loss."""
     task = TASKS[task_name]
 
     def step() -> torch.Tensor:
-        batch = task.collate(np_batch, device)
-        optimizer.zero_grad(set_to_none=True)
-        with autocast:
-            loss, _ = loss_module(task_name, batch)
-        loss.backward()
-        optimizer.step(omega=1.0, s=1.0)
-        return loss
+        return train_step(task_name, task.collate(np_batch, device)).loss
 
     return step
 
@@ -213,10 +208,11 @@ def main(argv: list[str] | None = None) -> int:
         batches = {name: task_batch(name, run, root, model.tokenizer) for name in tasks}
     optimizer = build_optimizer(model, name="mt_adamw", lr=run.optim.lr, betas=run.optim.betas, eps=run.optim.eps,
                                 weight_decay=run.optim.weight_decay, backbone_lr_scale=run.optim.backbone_lr_scale)
-    loss_module = TaskLoss(model)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-    steps = {name: make_step(name, batches[name], loss_module=loss_module, optimizer=optimizer, device=device,
-                             autocast=autocast) for name in tasks}
+    # ω = s = 1 for every task: the timing is of one task's step, not of the mix.
+    train_step = TrainingStep(loss_module=TaskLoss(model), optimizer=optimizer, omegas=dict.fromkeys(tasks, 1.0),
+                              ratios=dict.fromkeys(tasks, 1.0), autocast=autocast)
+    steps = {name: make_step(name, batches[name], train_step=train_step, device=device) for name in tasks}
     flops = {name: count_flops(steps[name]) for name in tasks}  # eager, before any compilation
     if args.compile:  # in place (state_dict keys unchanged), the two big stacks, as train.compile would
         compile_model(model)

@@ -51,10 +51,10 @@ def steady_step_s(history: list[dict], log_every: int) -> float:
 
 
 def ray_train_step_s(run, data_root: Path, out: Path) -> tuple[float, list[dict]]:
+    from pipelines.train_checkpoint import read_state
     from pipelines.trainer import fit
 
-    checkpoint = fit(run, out=out, data_root=data_root)
-    history = json.loads((checkpoint / "train_state.json").read_text())["history"]
+    history = read_state(fit(run, out=out, data_root=data_root))["history"]
     return steady_step_s(history, run.train.log_every), history
 
 
@@ -71,11 +71,11 @@ def _bare_worker(rank: int, world_size: int, port: int, run_dict: dict, spec: di
     from unip2 import config_io
     from unip2.distributed import gather_with_grad
     from unip2.model.tokenizer import TextTokenizer
-    from unip2.optim import global_grad_norm
     from unip2.run_config import RunConfig
     from unip2.tasks import TASKS
     from unip2.tasks.base import local_gather
     from unip2.training_setup import TaskLoss, build_optimizer, learning_rate, set_learning_rate
+    from unip2.training_step import TrainingStep
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
@@ -87,8 +87,9 @@ def _bare_worker(rank: int, world_size: int, port: int, run_dict: dict, spec: di
                                 eps=run.optim.eps, weight_decay=run.optim.weight_decay,
                                 backbone_lr_scale=run.optim.backbone_lr_scale)
     wrapped = DistributedDataParallel(TaskLoss(model), find_unused_parameters=True)
-    ratios = run.sampling_ratios()
-    gather = gather_with_grad if run.train.gather_retrieval else local_gather
+    train_step = TrainingStep(loss_module=wrapped, optimizer=optimizer, ratios=run.sampling_ratios(),
+                              omegas={name: task.omega for name, task in run.tasks.items()},
+                              gather=gather_with_grad if run.train.gather_retrieval else local_gather)
     loader = torch.utils.data.DataLoader(StepDataset(spec, rank=rank), batch_size=None, num_workers=1,
                                          collate_fn=keep_numpy, prefetch_factor=run.data.prefetch_steps,
                                          multiprocessing_context="fork")
@@ -100,12 +101,9 @@ def _bare_worker(rank: int, world_size: int, port: int, run_dict: dict, spec: di
         set_learning_rate(optimizer, learning_rate(step, total_steps=total, peak=run.optim.lr,
                                                    warmup_steps=run.optim.warmup_steps,
                                                    min_ratio=run.optim.min_lr_ratio))
-        optimizer.zero_grad(set_to_none=True)
-        loss, _ = wrapped(task_name, batch, gather=gather)
-        loss.backward()
-        if bool(torch.isfinite(global_grad_norm(list(model.parameters())))):
-            optimizer.step(omega=run.tasks[task_name].omega, s=ratios[task_name])
-            float(loss.detach())
+        outcome = train_step(task_name, batch)
+        if outcome.finite:
+            float(outcome.loss)
         if (step + 1) % run.train.log_every == 0 or step + 1 == total:
             now = time.time()
             history.append({"step": step + 1, "steps_per_s": (step + 1 - (history[-1]["step"] if history else 0))

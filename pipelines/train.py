@@ -20,6 +20,7 @@ import time
 
 from pipelines import ray_runtime  # noqa: F401  (sets Ray's environment before ray is imported)
 from pipelines.run_setup import prepare_run
+from pipelines.train_checkpoint import read_state
 from pipelines.trainer import fit
 
 
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     if final.exists():
         shutil.rmtree(final)
     shutil.copytree(result_checkpoint / "model", final)
-    state = json.loads((result_checkpoint / "train_state.json").read_text())
+    state = read_state(result_checkpoint)
     from pipelines.curves import plot_curves
 
     plot_curves(state["history"], out / "curves.png")

@@ -34,8 +34,9 @@ def load_checkpoint(directory: str | Path, *, model, optimizer) -> dict:
     directory = Path(directory)
     load_model(model, str(directory / "model" / "model.safetensors"), device=str(next(model.parameters()).device))
     optimizer.load_state_dict(torch.load(directory / "optimizer.pt", map_location="cpu", weights_only=True))
-    return json.loads((directory / "train_state.json").read_text())
+    return read_state(directory)
 
 
 def read_state(directory: str | Path) -> dict:
+    """The train state of a checkpoint folder (``train_state.json``): the one reader of it."""
     return json.loads((Path(directory) / "train_state.json").read_text())

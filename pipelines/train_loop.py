@@ -11,7 +11,6 @@ import contextlib
 import tempfile
 import time
 from collections import Counter, defaultdict
-from pathlib import Path
 
 import ray.train
 import ray.train.torch
@@ -21,27 +20,36 @@ import unip2
 from pipelines.step_stream import plan_for, stream_steps
 from pipelines.train_checkpoint import load_checkpoint, save_checkpoint
 from unip2 import config_io
-from unip2.distributed import gather_with_grad, normalize_and_average_gradients
+from unip2.distributed import gather_with_grad
 from unip2.model.tokenizer import TextTokenizer
-from unip2.optim import global_grad_norm
 from unip2.run_config import RunConfig
 from unip2.tasks import TASKS
 from unip2.tasks.base import local_gather
 from unip2.training_setup import TaskLoss, build_optimizer, compile_model, learning_rate, set_learning_rate
+from unip2.training_step import TrainingStep
 
-# Test-only hooks, read from the driver's environment (so no config field exists for them):
-FAIL_AT_STEP = "UNIP2_TEST_FAIL_AT_STEP"  # rank 0 raises once at this step, to test resume after a failure
-FAIL_MARKER = "UNIP2_TEST_FAIL_MARKER"    # file created when the failure fired (so it fires once)
-TRACE_DIR = "UNIP2_TEST_TRACE_DIR"        # each rank appends "step task image-id image-id ..." lines here
-NAN_STEPS = "UNIP2_TEST_NAN_STEPS"        # comma-separated steps whose loss is made NaN
-TEST_HOOKS = (FAIL_AT_STEP, FAIL_MARKER, TRACE_DIR, NAN_STEPS)
+
+class LoopHooks:
+    """Callbacks into the loop at each step; a normal run has these no-ops. Tests pass a subclass to
+    ``pipelines.trainer.fit(hooks=...)`` to inject a failure or a non-finite loss, or to record what each
+    worker trained."""
+
+    def before_step(self, step: int, rank: int) -> None:
+        """Called as a worker enters ``step`` (before its batch is used)."""
+
+    def on_batch(self, step: int, rank: int, task: str, batch: dict) -> None:
+        """The collated batch a worker trains at ``step``."""
+
+    def on_loss(self, step: int, loss: torch.Tensor) -> torch.Tensor:
+        """The loss before backward; what this returns is what trains."""
+        return loss
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
     # ------------------------------------------------------------------------------------- setup
     run = config_io.from_dict(RunConfig, loop_config["run"])
     spec = loop_config["stream"]
-    hooks = loop_config.get("test_hooks", {})
+    hooks: LoopHooks = loop_config.get("hooks") or LoopHooks()
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
@@ -77,10 +85,12 @@ def train_loop_per_worker(loop_config: dict) -> None:
               f"(linear rule), global batch {world_size} × per-task batch", flush=True)
     wrapped = ray.train.torch.prepare_model(
         TaskLoss(model), parallel_strategy_kwargs={"find_unused_parameters": True})
-    ratios = run.sampling_ratios()
-    gather = gather_with_grad if (run.train.gather_retrieval and run.train.sampling == "unmixed") else None
+    gather = gather_with_grad if (run.train.gather_retrieval and run.train.sampling == "unmixed") else local_gather
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if on_gpu and run.train.bf16
                 else contextlib.nullcontext())
+    train_step = TrainingStep(loss_module=wrapped, optimizer=optimizer, ratios=run.sampling_ratios(),
+                              omegas={name: task.omega for name, task in run.tasks.items()},
+                              mixed=run.train.sampling == "mixed" and world_size > 1, gather=gather, autocast=autocast)
 
     # -------------------------------------------------------------------------------------- loop
     total = run.train.steps
@@ -91,34 +101,19 @@ def train_loop_per_worker(loop_config: dict) -> None:
                           num_cpus=run.data.loader_cpus, prefetch=run.data.prefetch_steps,
                           steps_per_block=run.data.steps_per_block)
     for step, task_name, np_batch, bad_rows in stream:
-        _maybe_fail(step, hooks, rank)
+        hooks.before_step(step, rank)
         skipped.update(bad_rows)
         if np_batch is None:
             raise RuntimeError(f"step {step}: every row of the {task_name} batch was unreadable")
-        task = TASKS[task_name]
-        batch = task.collate(np_batch, device)
-        _trace(rank, step, task_name, batch, hooks)
+        batch = TASKS[task_name].collate(np_batch, device)
+        hooks.on_batch(step, rank, task_name, batch)
         set_learning_rate(optimizer, learning_rate(step, total_steps=total, peak=peak_lr,
                                                    warmup_steps=run.optim.warmup_steps,
                                                    min_ratio=run.optim.min_lr_ratio))
-        optimizer.zero_grad(set_to_none=True)
-        mixed = run.train.sampling == "mixed" and world_size > 1
-        with wrapped.no_sync() if mixed else contextlib.nullcontext():  # forward and backward together
-            with autocast:
-                loss, _ = wrapped(task_name, batch, gather=gather or local_gather)
-            if str(step) in hooks.get(NAN_STEPS, "").split(","):
-                loss = loss * float("nan")
-            loss.backward()
-        omega, s = run.tasks[task_name].omega, ratios[task_name]
-        if mixed:  # each worker normalizes its own task, then the average is applied as is
-            normalize_and_average_gradients(list(model.parameters()), omega)
-        # The reduced gradient is identical on every rank, so every rank takes the same decision.
-        finite = bool(torch.isfinite(global_grad_norm(list(model.parameters()))))
-        if finite:
-            _optimizer_step(optimizer, run.optim.name, omega=1.0 if mixed else omega, s=1.0 if mixed else s,
-                            normalize=not mixed)
+        outcome = train_step(task_name, batch, loss_hook=lambda loss: hooks.on_loss(step, loss))
+        if outcome.finite:
             state["bad_steps"] = 0
-            window_losses[task_name].append(float(loss.detach()))
+            window_losses[task_name].append(float(outcome.loss))
         else:
             state["bad_steps"] += 1
             state["nonfinite_steps"] += 1
@@ -153,17 +148,6 @@ def train_loop_per_worker(loop_config: dict) -> None:
         print(f"[train] finished {total} steps in {time.time() - started:.0f} s", flush=True)
 
 
-def _optimizer_step(optimizer, name: str, *, omega: float, s: float, normalize: bool) -> None:
-    if name == "mt_adamw":
-        optimizer.step(omega=omega, s=s, normalize=normalize)
-    else:  # plain AdamW (ablation): ω scales the raw gradient, s only sets how often a task is drawn
-        for group in optimizer.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    p.grad.mul_(omega)
-        optimizer.step()
-
-
 def _report(state: dict, *, model, optimizer, run: RunConfig, rank: int) -> None:
     """Every rank reports; rank 0 attaches the checkpoint (weights are identical on all ranks)."""
     metrics = {"step": state["step"], "nonfinite_steps": state["nonfinite_steps"],
@@ -177,17 +161,3 @@ def _report(state: dict, *, model, optimizer, run: RunConfig, rank: int) -> None
         save_checkpoint(directory, model=model, optimizer=optimizer, state=state, run_config=run)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory),
                          checkpoint_dir_name=f"checkpoint_{state['step']:07d}")
-
-
-def _maybe_fail(step: int, hooks: dict, rank: int) -> None:
-    fail_at, marker = hooks.get(FAIL_AT_STEP), hooks.get(FAIL_MARKER)
-    if rank == 0 and fail_at is not None and marker and step == int(fail_at) and not Path(marker).exists():
-        Path(marker).write_text(str(step))
-        raise RuntimeError(f"test-only failure injected at step {step}")
-
-
-def _trace(rank: int, step: int, task: str, batch: dict, hooks: dict) -> None:
-    directory = hooks.get(TRACE_DIR)
-    if directory:
-        with open(Path(directory) / f"rank{rank}.txt", "a") as handle:
-            handle.write(f"{step} {task} {' '.join(str(int(i)) for i in batch['image_id'])}\n")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -11,7 +10,7 @@ from ray.train.torch import TorchTrainer
 
 from pipelines import ray_runtime
 from pipelines.run_setup import train_rows
-from pipelines.train_loop import TEST_HOOKS, train_loop_per_worker
+from pipelines.train_loop import LoopHooks, train_loop_per_worker
 from unip2 import config_io
 from unip2.data.manifest import load_manifest
 from unip2.model.tokenizer import TextTokenizer
@@ -40,8 +39,10 @@ def worker_count(run: RunConfig) -> int | tuple[int, int]:
     return (run.scale.min_workers, run.scale.num_workers)
 
 
-def make_trainer(run: RunConfig, *, out: Path, data_root: Path, callbacks: list = ()) -> TorchTrainer:
-    """``callbacks``: Ray Train callbacks of this run (Tune trials pass their progress reporter)."""
+def make_trainer(run: RunConfig, *, out: Path, data_root: Path, callbacks: list = (),
+                 hooks: LoopHooks | None = None) -> TorchTrainer:
+    """``callbacks``: Ray Train callbacks of this run (Tune trials pass their progress reporter); ``hooks``:
+    callbacks into every worker's loop (tests inject faults and trace steps with them)."""
     use_gpu = ray_runtime.cluster_has_gpus() if run.scale.use_gpu is None else run.scale.use_gpu
     resources = {"CPU": run.scale.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
     storage_path = run.scale.storage_path
@@ -52,7 +53,7 @@ def make_trainer(run: RunConfig, *, out: Path, data_root: Path, callbacks: list 
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"run": config_io.to_dict(run), "stream": stream_spec(run, data_root),
-                           "test_hooks": {k: os.environ[k] for k in TEST_HOOKS if k in os.environ}},
+                           "hooks": hooks},
         scaling_config=ray.train.ScalingConfig(num_workers=worker_count(run), use_gpu=use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
@@ -63,9 +64,9 @@ def make_trainer(run: RunConfig, *, out: Path, data_root: Path, callbacks: list 
     )
 
 
-def fit(run: RunConfig, *, out: Path, data_root: Path, callbacks: list = ()) -> Path:
+def fit(run: RunConfig, *, out: Path, data_root: Path, callbacks: list = (), hooks: LoopHooks | None = None) -> Path:
     """Train; returns the final checkpoint as a local directory."""
-    result = make_trainer(run, out=out, data_root=data_root, callbacks=callbacks).fit()
+    result = make_trainer(run, out=out, data_root=data_root, callbacks=callbacks, hooks=hooks).fit()
     if result.error is not None:
         raise result.error
     local = out / "last_checkpoint"

@@ -24,6 +24,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from pipelines.evaluation import evaluate
 from pipelines.run_setup import prepare_run
+from pipelines.train_checkpoint import read_state
 from pipelines.trainer import make_trainer
 from tune.objective import FLOOR, OBJECTIVE, PROGRESS, loss_progress, relative_objective, task_scores
 from tune.search_space import to_overrides
@@ -97,7 +98,7 @@ def train_and_evaluate(setup: TrialSetup, params: dict, out: Path, *, callbacks:
     trained = time.time()
     evaluation_settings = setup.evaluation
     with result.checkpoint.as_directory() as directory:
-        history = json.loads((Path(directory) / "train_state.json").read_text())["history"]
+        history = read_state(directory)["history"]
         evaluation = evaluate(Path(directory) / "model", data_root, split=evaluation_settings.split,
                               tasks=list(run.tasks), out_dir=out / "evaluation",
                               max_images=evaluation_settings.max_images, meteor=evaluation_settings.meteor,

@@ -192,6 +192,7 @@ class MTAdamW(torch.optim.Optimizer):
         closure: Callable[[], torch.Tensor] | None = None,
         *,
         normalize: bool = True,
+        grad_norm: torch.Tensor | None = None,
     ) -> torch.Tensor | None:
         """One update from the current gradients of task k.
 
@@ -201,6 +202,8 @@ class MTAdamW(torch.optim.Optimizer):
             closure: optional, re-evaluates the loss (run with grad enabled) and returns it.
             normalize: False when the gradients were already normalized per worker (mixed mode);
                 then g = omega * grad.
+            grad_norm: the global gradient norm when the caller has it already (``global_grad_norm`` of
+                the same gradients), so it is not computed twice.
 
         An all-zero gradient (norm < 1e-12) gives g = 0: the moments decay and the step counts, as
         AdamW would do with a zero gradient. A non-finite norm propagates, as in AdamW.
@@ -223,7 +226,7 @@ class MTAdamW(torch.optim.Optimizer):
             return loss
 
         if normalize:
-            norm = _grads_norm(all_grads)
+            norm = _grads_norm(all_grads) if grad_norm is None else grad_norm
             self.last_grad_norm = norm
             # 0-d tensor: keeps the step free of host syncs.
             scale: torch.Tensor | float = omega / norm.clamp_min(_MIN_NORM)

@@ -25,7 +25,6 @@ from ray.cluster_utils import Cluster  # noqa: E402
 
 from pipelines.run_setup import prepare_run  # noqa: E402
 from pipelines.step_stream import plan_for  # noqa: E402
-from pipelines.train_loop import FAIL_AT_STEP, FAIL_MARKER  # noqa: E402
 from pipelines.trainer import stream_spec  # noqa: E402
 from unip2.data.row_reader import RowReader  # noqa: E402
 from unip2.tasks import TASKS  # noqa: E402
@@ -60,15 +59,14 @@ def main() -> int:
     os.environ["RAY_ADDRESS"] = cluster.address
     result: dict = {"expected": expected_streams(data, work)}
     try:
-        result["first"] = train_once(data, out, storage, work / "trace1",
-                                     {FAIL_AT_STEP: str(FAIL_STEP), FAIL_MARKER: str(work / "fired")},
-                                     overrides=ELASTIC)
+        result["first"] = train_once(data, out, storage, work / "trace1", fail_at_step=FAIL_STEP,
+                                     fail_marker=work / "fired", overrides=ELASTIC)
         cluster.add_node(num_cpus=NODE_CPUS, resources={"node_b": 1}, **NODE_MEMORY)
         cluster.wait_for_nodes()
         # Train's elastic policy sizes the group from Ray Data's autoscaling coordinator, whose view of
         # the cluster refreshes every 20 s (DefaultAutoscalingCoordinator.TICK_INTERVAL_S in Ray 2.60).
         time.sleep(COORDINATOR_REFRESH_S)
-        result["second"] = train_once(data, out, storage, work / "trace2", {}, overrides=ELASTIC)
+        result["second"] = train_once(data, out, storage, work / "trace2", overrides=ELASTIC)
     finally:
         ray.shutdown()
         cluster.shutdown()

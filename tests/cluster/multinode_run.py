@@ -23,13 +23,15 @@ import threading
 import time
 from pathlib import Path
 
-from pipelines import ray_runtime  # noqa: F401  (sets Ray's environment before ray is imported)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the loop hooks
+
+from pipelines import ray_runtime  # noqa: F401,E402  (sets Ray's environment before ray is imported)
 import ray  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
 from pipelines.run_setup import prepare_run  # noqa: E402
-from pipelines.train_loop import FAIL_AT_STEP, FAIL_MARKER, TRACE_DIR  # noqa: E402
 from pipelines.trainer import fit  # noqa: E402
+from loop_hooks import FaultHooks  # noqa: E402
 
 NODE_CPUS = 3
 NODE_MEMORY = {"object_store_memory": 200 * 1024 * 1024}
@@ -59,15 +61,13 @@ class PlacementWatcher(threading.Thread):
             self.done.wait(0.2)
 
 
-def train_once(data: Path, out: Path, storage: Path, trace: Path, hooks: dict[str, str], *,
-               overrides: list[str] = OVERRIDES) -> dict:
+def train_once(data: Path, out: Path, storage: Path, trace: Path, *, fail_at_step: int | None = None,
+               fail_marker: Path | None = None, overrides: list[str] = OVERRIDES) -> dict:
     """``pipelines/train.py``'s two calls (prepare_run, fit) with RAY_ADDRESS set; never raises.
 
     The trace holds, per rank, the steps in order and, per step, the task and the image ids read."""
     trace.mkdir(parents=True)
-    for key in (FAIL_AT_STEP, FAIL_MARKER, TRACE_DIR):
-        os.environ.pop(key, None)
-    os.environ.update(hooks, **{TRACE_DIR: str(trace)})
+    hooks = FaultHooks(fail_at_step=fail_at_step, fail_marker=fail_marker, trace_dir=trace)
     started = time.time()
     run, out_dir, root = prepare_run(None, overrides + [f"data.root={data}", f"scale.storage_path={storage}"],
                                      out=str(out))
@@ -75,7 +75,7 @@ def train_once(data: Path, out: Path, storage: Path, trace: Path, hooks: dict[st
     watcher.start()
     error, step = None, None
     try:
-        step = json.loads((fit(run, out=out_dir, data_root=root) / "train_state.json").read_text())["step"]
+        step = json.loads((fit(run, out=out_dir, data_root=root, hooks=hooks) / "train_state.json").read_text())["step"]
     except Exception as err:  # the injected failure surfaces here (max_failures=0)
         error = f"{type(err).__name__}: {err}"[-2000:]
     watcher.done.set()
@@ -111,10 +111,10 @@ def main() -> int:
                     "nodes": {"node_a": cluster.head_node.node_id, "node_b": second.node_id}}
     os.environ["RAY_ADDRESS"] = cluster.address  # how train.py joins a cluster (pipelines/ray_runtime.py)
     try:
-        result["first"] = train_once(Path(args.data), out, storage, work / "trace1",
-                                     {FAIL_AT_STEP: str(FAIL_STEP), FAIL_MARKER: str(work / "fired")})
+        result["first"] = train_once(Path(args.data), out, storage, work / "trace1", fail_at_step=FAIL_STEP,
+                                     fail_marker=work / "fired")
         result["joined"] = ray.get_runtime_context().gcs_address == cluster.address
-        result["second"] = train_once(Path(args.data), out, storage, work / "trace2", {})
+        result["second"] = train_once(Path(args.data), out, storage, work / "trace2")
     finally:
         ray.shutdown()
         cluster.shutdown()

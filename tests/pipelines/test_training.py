@@ -13,10 +13,11 @@ from safetensors.torch import load_file
 import unip2
 from pipelines.run_setup import prepare_run
 from pipelines.step_stream import StepBatchLoader
-from pipelines.train_loop import FAIL_AT_STEP, FAIL_MARKER, NAN_STEPS, TRACE_DIR
 from pipelines.trainer import fit, stream_spec
 from unip2.optim import MTAdamW
 from unip2.training_setup import TaskLoss, build_optimizer
+
+from loop_hooks import FaultHooks
 
 SMALL = ["scale.num_workers=2", "scale.cpus_per_worker=0.5", "data.loader_cpus=0.25", "optim.warmup_steps=2",
          "train.log_every=2", "model.proposals.num_queries=12", "model.image_size=64"]
@@ -30,14 +31,12 @@ def weights(run_dir):
     return load_file(str(run_dir / "model" / "model.safetensors"))
 
 
-def train(tmp_path, name, overrides, monkeypatch=None, env=None):
-    for key, value in (env or {}).items():
-        monkeypatch.setenv(key, value)
+def train(tmp_path, name, overrides, hooks=None):
     run, out, root = prepare_run(None, overrides, out=str(tmp_path / name))
-    return run, out, root, fit(run, out=out, data_root=root)
+    return run, out, root, fit(run, out=out, data_root=root, hooks=hooks)
 
 
-def test_short_run_trains_every_worker_on_one_task_per_step(ray_local, embedded_data, tmp_path, monkeypatch):
+def test_short_run_trains_every_worker_on_one_task_per_step(ray_local, embedded_data, tmp_path):
     trace = tmp_path / "trace"
     trace.mkdir()
     # Classification is drawn most and reads 12 rows per worker: its 48 training rows pass several epochs.
@@ -45,7 +44,7 @@ def test_short_run_trains_every_worker_on_one_task_per_step(ray_local, embedded_
         tmp_path, "short", SMALL + small_batches() + [
             f"data.root={embedded_data}", "train.steps=10", "train.checkpoint_every=5",
             "tasks.classification.batch_size=12", "tasks.classification.sampling_weight=6"],
-        monkeypatch, {TRACE_DIR: str(trace), NAN_STEPS: "3"})
+        FaultHooks(trace_dir=trace, nan_steps=(3,)))
     state = json.loads((checkpoint / "train_state.json").read_text())
     assert state["step"] == 10 and len(state["history"]) == 5
     assert state["nonfinite_steps"] == 1  # the NaN step was skipped and counted, training went on
@@ -62,14 +61,14 @@ def test_short_run_trains_every_worker_on_one_task_per_step(ray_local, embedded_
     assert model.config.image_size == 64
 
 
-def test_a_worker_failure_resumes_exactly(ray_local, embedded_data, tmp_path, monkeypatch):
+def test_a_worker_failure_resumes_exactly(ray_local, embedded_data, tmp_path):
     common = SMALL + small_batches() + [f"data.root={embedded_data}", "train.steps=8", "train.checkpoint_every=2",
                                         "scale.max_failures=1"]
     *_, straight = train(tmp_path, "straight", common)
     trace = tmp_path / "trace"
     trace.mkdir()
-    *_, resumed = train(tmp_path, "failed", common, monkeypatch,
-                        {FAIL_AT_STEP: "5", FAIL_MARKER: str(tmp_path / "fired"), TRACE_DIR: str(trace)})
+    *_, resumed = train(tmp_path, "failed", common,
+                        FaultHooks(fail_at_step=5, fail_marker=tmp_path / "fired", trace_dir=trace))
     assert (tmp_path / "fired").read_text() == "5"
     steps = [int(line.split()[0]) for line in (trace / "rank0.txt").read_text().splitlines()]
     assert steps == [0, 1, 2, 3, 4, 4, 5, 6, 7]  # failed entering step 5, resumed from the step-4 checkpoint
@@ -115,8 +114,7 @@ def test_two_worker_step_equals_one_process_averaging_the_workers_gradients(ray_
     assert (update_ddp - update_single).norm() / update_single.norm() < 1e-3
 
 
-def test_retrieval_gathers_unequal_batches_when_one_worker_drops_a_corrupt_image(ray_local, embedded_data, tmp_path,
-                                                                                 monkeypatch):
+def test_retrieval_gathers_unequal_batches_when_one_worker_drops_a_corrupt_image(ray_local, embedded_data, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(embedded_data, data)
     shard = data / "coco_captions" / "train" / "part-00000.parquet"
@@ -132,7 +130,7 @@ def test_retrieval_gathers_unequal_batches_when_one_worker_drops_a_corrupt_image
     steps = rows // 8  # one epoch: every row once, 4 per worker and step
     *_, checkpoint = train(tmp_path, "corrupt", SMALL + [
         "tasks={retrieval: {batch_size: 4}}", f"data.root={data}", f"train.steps={steps}",
-        f"train.checkpoint_every={steps}"], monkeypatch, {TRACE_DIR: str(trace)})
+        f"train.checkpoint_every={steps}"], FaultHooks(trace_dir=trace))
     state = json.loads((checkpoint / "train_state.json").read_text())
     assert state["step"] == steps and state["nonfinite_steps"] == 0
     assert sum(state["skipped_images"].values()) == 1
@@ -141,11 +139,11 @@ def test_retrieval_gathers_unequal_batches_when_one_worker_drops_a_corrupt_image
     assert len(uneven) == 1 and sorted((sizes[0][uneven[0]], sizes[1][uneven[0]])) == [3, 4]
 
 
-def test_consecutive_nonfinite_losses_stop_the_run(ray_local, embedded_data, tmp_path, monkeypatch):
+def test_consecutive_nonfinite_losses_stop_the_run(ray_local, embedded_data, tmp_path):
     overrides = SMALL + small_batches() + [f"data.root={embedded_data}", "train.steps=6", "train.max_bad_steps=2",
                                            "scale.max_failures=0", "scale.num_workers=1"]
     with pytest.raises(Exception, match="consecutive steps with a non-finite loss"):
-        train(tmp_path, "nan", overrides, monkeypatch, {NAN_STEPS: "1,2"})
+        train(tmp_path, "nan", overrides, FaultHooks(nan_steps=(1, 2)))
 
 
 def test_invalid_config_is_refused_naming_the_field(embedded_data, tmp_path):
