@@ -5,11 +5,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
+
 from pipelines import ray_runtime
 from unip2 import config_io
 from unip2.config_io import ConfigError
 from unip2.data.embedded import ensure_embedded_data
-from unip2.data.manifest import load_manifest
+from unip2.data.manifest import load_manifest, split_files
+from unip2.data.parquet_schema import SCHEMAS
 from unip2.run_config import RunConfig, load_run_config
 from unip2.tasks import TASKS
 
@@ -25,17 +28,36 @@ def resolve_data(run: RunConfig) -> tuple[Path, dict]:
     return root, load_manifest(root)
 
 
-def train_rows(manifest: dict, task: str) -> int:
-    dataset = manifest["datasets"].get(TASKS[task].dataset, {})
-    return int(dataset.get("splits", {}).get("train", {}).get("rows", 0))
+def train_rows(manifest: dict, datasets: list[str]) -> int:
+    """Training rows of ``datasets`` together (one row space, see ``RunConfig.train_datasets``)."""
+    return sum(int(manifest["datasets"].get(name, {}).get("splits", {}).get("train", {}).get("rows", 0))
+               for name in datasets)
 
 
-def check_data(run: RunConfig, manifest: dict) -> None:
-    """Every task needs training rows, and its label space needs names."""
+def _unusable_dataset(root: Path, manifest: dict, dataset: str, task: str) -> str | None:
+    """Why ``task`` cannot train on ``dataset`` of the data folder, or None."""
+    if "train" not in manifest["datasets"].get(dataset, {}).get("splits", {}):
+        return (f"dataset {dataset!r} has no 'train' split in {root}; the data folder has: "
+                f"{', '.join(sorted(manifest['datasets'])) or 'nothing'}")
+    files = split_files(root, dataset, "train")
+    expected = SCHEMAS[TASKS[task].dataset]
+    if files and [(f.name, f.type) for f in pq.read_schema(files[0])] != [(f.name, f.type) for f in expected]:
+        return f"dataset {dataset!r} has other columns than the {task} task reads ({TASKS[task].dataset!r}'s)"
+    return None
+
+
+def check_data(run: RunConfig, manifest: dict, root: Path) -> None:
+    """Every task needs training rows from datasets of its schema, and its label space needs names."""
     for task in run.tasks:
-        if train_rows(manifest, task) == 0:
-            raise ConfigError(f"tasks.{task}", f"no training data: dataset {TASKS[task].dataset!r} has no "
-                                               "'train' rows in the data folder")
+        if run.tasks[task].datasets is not None:  # listed by the user: each must exist and fit the task
+            for dataset in run.tasks[task].datasets:
+                problem = _unusable_dataset(root, manifest, dataset, task)
+                if problem is not None:
+                    raise ConfigError(f"tasks.{task}.datasets", problem)
+        if train_rows(manifest, run.train_datasets(task)) == 0:
+            names = " + ".join(repr(name) for name in run.train_datasets(task))
+            raise ConfigError(f"tasks.{task}", f"no training data: dataset {names} has no 'train' rows in the "
+                                               "data folder")
         space = TASKS[task].label_space
         if space is not None and not run.model.class_names.get(space):
             raise ConfigError(f"model.class_names.{space}", f"no class names for the {task} task")
@@ -53,7 +75,7 @@ def prepare_run(config_path: str | None, overrides: list[str], *, out: str | Non
     if not run.model.class_names:
         run.model.class_names = {k: list(v) for k, v in manifest["class_names"].items()}
     config_io.validate(run)
-    check_data(run, manifest)
+    check_data(run, manifest, root)
     run.out = str(out_dir)
     run.data.root = str(root)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -39,7 +39,10 @@ class StepBatchLoader:
         self.spec, self.rank = spec, rank
         self.plan = plan_for(spec)
         self.tokenizer = TextTokenizer.from_json(spec["tokenizer_json"])
-        self.readers = {task: RowReader(spec["data_root"], TASKS[task].dataset, "train") for task in spec["tasks"]}
+        # A task's datasets read as one row space (the plan's num_rows counts them together).
+        datasets = spec.get("datasets", {})
+        self.readers = {task: RowReader(spec["data_root"], datasets.get(task, TASKS[task].dataset), "train")
+                        for task in spec["tasks"]}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         payloads = [pickle.dumps(self.load(int(step)), protocol=5) for step in batch["data"]]

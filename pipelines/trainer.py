@@ -24,7 +24,8 @@ def stream_spec(run: RunConfig, data_root: Path) -> dict:
     tasks = list(run.tasks)
     return {"data_root": str(data_root), "tasks": tasks, "ratios": [ratios[t] for t in tasks],
             "batch_sizes": {t: run.tasks[t].batch_size for t in tasks},
-            "num_rows": {t: train_rows(manifest, t) for t in tasks},
+            "datasets": {t: run.train_datasets(t) for t in tasks},
+            "num_rows": {t: train_rows(manifest, run.train_datasets(t)) for t in tasks},
             "image_sizes": {t: run.image_size(t) for t in tasks},
             "num_workers": run.scale.num_workers, "total_steps": run.train.steps, "seed": run.train.seed,
             "mode": run.train.sampling, "window": run.data.shuffle_window,

@@ -78,3 +78,67 @@ def one_torch_thread():
     import torch
 
     torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def web_shards(tmp_path_factory):
+    """Web image-text pairs as img2dataset writes them (``--output_format webdataset``): per shard
+    ``NNNNN.tar`` ({key}.jpg + {key}.txt and/or {key}.json), ``NNNNN.parquet`` and ``NNNNN_stats.json``.
+
+    Folder ``web``: 00003.tar (captions in .txt, and in .json as img2dataset writes both), 00004.tar
+    (captions only in .json, plus a corrupt jpg, a sample without caption, one with a blank caption);
+    folder ``web_more``: 00005.tar (.json captions). Returns {"web", "web_more", "captions": {image_id:
+    caption} of the usable samples, "skipped": {reason: count}}.
+    """
+    import io
+    import json
+    import tarfile
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    rng = np.random.default_rng(11)
+    root = tmp_path_factory.mktemp("web_shards")
+    captions: dict[int, str] = {}
+
+    def jpeg() -> bytes:
+        size = (int(rng.integers(40, 72)), int(rng.integers(40, 72)))
+        buffer = io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(buffer, "JPEG")
+        return buffer.getvalue()
+
+    def write_shard(folder, shard: int, samples: list[dict]) -> None:
+        folder.mkdir(exist_ok=True)
+        with tarfile.open(folder / f"{shard:05d}.tar", "w") as tar:
+            for sample in samples:
+                for extension, data in sample["files"].items():
+                    info = tarfile.TarInfo(f"{sample['key']}.{extension}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+        pq.write_table(pa.table({"key": [s["key"] for s in samples], "status": ["success"] * len(samples)}),
+                       folder / f"{shard:05d}.parquet")
+        (folder / f"{shard:05d}_stats.json").write_text(json.dumps({"count": len(samples), "successes": len(samples)}))
+
+    def sample(shard: int, index: int, caption: str | None, *, txt: bool, image: bytes | None = None) -> dict:
+        key = f"{shard:05d}{index:04d}"  # img2dataset: shard id + index in the shard
+        meta = {"url": f"https://example.com/{key}.jpg", "key": key, "status": "success", "width": 64}
+        files = {"jpg": image if image is not None else jpeg()}
+        if caption is not None:
+            meta["caption"] = caption
+        files["json"] = json.dumps(meta, indent=4).encode()
+        if txt:
+            files["txt"] = (caption or "").encode()
+        if caption and caption.strip() and image is None:
+            captions[int(key)] = caption.strip()
+        return {"key": key, "files": files}
+
+    write_shard(root / "web", 3, [sample(3, i, f"a photo of web thing {i}", txt=True) for i in range(8)])
+    write_shard(root / "web", 4, [sample(4, i, f"a json caption number {i} ", txt=False) for i in range(6)] + [
+        sample(4, 6, "corrupt bytes", txt=True, image=b"\xff\xd8 not a jpeg"),
+        sample(4, 7, None, txt=False),
+        sample(4, 8, "   ", txt=True)])
+    write_shard(root / "web_more", 5, [sample(5, i, f"one more pair {i}", txt=False) for i in range(6)])
+    return {"web": root / "web", "web_more": root / "web_more", "captions": captions,
+            "skipped": {"empty_caption": 1, "missing_caption": 1, "undecodable_image": 1}}

@@ -30,9 +30,14 @@ class TaskRunConfig:
     """Input size for this task; None = model.image_size."""
     eval_batch_size: int = 32
     """Batch size at evaluation."""
+    datasets: list[str] | None = None
+    """Datasets of the data folder (names in its manifest) whose ``train`` rows the task trains on, read as
+    one row space in this order, e.g. [coco_captions, web_pairs]; None = the task's own dataset."""
 
     def validate(self, prefix: str = "") -> None:
         require(self.batch_size > 0, prefix + "batch_size", "must be > 0")
+        require(self.datasets is None or (len(self.datasets) > 0 and len(set(self.datasets)) == len(self.datasets)),
+                prefix + "datasets", "must be a non-empty list of distinct dataset names, or null")
         require(self.omega > 0, prefix + "omega", "must be > 0")
         require(self.sampling_weight > 0, prefix + "sampling_weight", "must be > 0")
         require(self.image_size is None or (self.image_size >= 32 and self.image_size % 32 == 0),
@@ -208,6 +213,12 @@ class RunConfig:
 
     def image_size(self, task: str) -> int:
         return self.tasks[task].image_size or self.model.image_size
+
+    def train_datasets(self, task: str) -> list[str]:
+        """The datasets ``task`` trains on: its ``datasets`` field, else the task's own dataset."""
+        from unip2.tasks import TASKS
+
+        return list(self.tasks[task].datasets or [TASKS[task].dataset])
 
 
 def load_run_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:

@@ -7,14 +7,17 @@
      "skipped": {name: {split: {reason: count}}},  # images and annotations left out, by reason
      "annotations": {"instances": {split: abs path}, "captions": {split: abs path}},  # source COCO json,
                                                    # split "train"/"val" = the *2017.json files
-     "sources": {"coco": abs path, "imagenet": ..., "karpathy": ..., "flickr30k": {"annotations", "images"}}}
+     "sources": {"coco": abs path, "imagenet": ..., "karpathy": ..., "flickr30k": {"annotations", "images"},
+                 "web_pairs": [shard folder, URI or pattern, ...]}}   # one key per web-pairs dataset
 
-File paths in ``datasets`` are relative to the folder holding the manifest.
+File paths in ``datasets`` are relative to the folder holding the manifest, or absolute: a path, or a URI
+(``s3://...``) that pyarrow opens (web pairs written elsewhere, see ``pipelines/web_pairs.py``).
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pyarrow as pa
@@ -26,7 +29,9 @@ FORMAT_VERSION = 1
 
 def write_manifest(folder: str | Path, manifest: dict) -> Path:
     path = Path(folder) / MANIFEST_FILE
-    path.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    partial = path.with_name(f".{MANIFEST_FILE}.partial-{os.getpid()}")
+    partial.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    partial.replace(path)  # atomic: a reader sees the old manifest or the new one, never half of one
     return path
 
 
@@ -42,8 +47,8 @@ def load_manifest(folder: str | Path) -> dict:
     return manifest
 
 
-def split_files(folder: str | Path, dataset: str, split: str) -> list[Path]:
-    """Absolute paths of one split's shards, in order."""
+def split_files(folder: str | Path, dataset: str, split: str) -> list[Path | str]:
+    """Absolute paths of one split's shards, in order (a URI entry as is: pyarrow's readers open both)."""
     manifest = load_manifest(folder)
     datasets = manifest["datasets"]
     if dataset not in datasets:
@@ -51,7 +56,7 @@ def split_files(folder: str | Path, dataset: str, split: str) -> list[Path]:
     splits = datasets[dataset]["splits"]
     if split not in splits:
         raise KeyError(f"split {split!r} of {dataset!r} not in the manifest; present: {sorted(splits)}")
-    return [Path(folder).resolve() / name for name in splits[split]["files"]]
+    return [name if "://" in name else Path(folder).resolve() / name for name in splits[split]["files"]]
 
 
 def read_table(folder: str | Path, dataset: str, split: str, columns: list[str] | None = None) -> pa.Table:

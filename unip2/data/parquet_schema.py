@@ -10,6 +10,8 @@ Columns common to all: ``image`` (the original encoded file bytes, never re-enco
   category id); ``category_ids`` the original ids; ``masks`` compressed COCO RLE ``counts`` (utf-8) at
   height x width; ``iscrowd``; ``areas``. N may be 0.
 - ``coco_captions`` (captioning, retrieval) and ``flickr30k`` (retrieval test): ``captions`` raw sentences.
+- ``web_pairs`` (captioning, retrieval; web pairs from WebDataset shards, see ``web_pairs``): the
+  ``coco_captions`` columns, one caption per image.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ SCHEMAS: dict[str, pa.Schema] = {
     "coco_captions": pa.schema(_COMMON + [pa.field("captions", pa.list_(pa.string()))]),
     "flickr30k": pa.schema(_COMMON + [pa.field("captions", pa.list_(pa.string()))]),
 }
+SCHEMAS["web_pairs"] = SCHEMAS["coco_captions"]  # the same columns, so a task reads both as one row space
 
 
 def leaf_columns(schema: pa.Schema) -> list[str]:

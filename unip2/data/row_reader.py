@@ -1,7 +1,8 @@
 """Random access to the rows of one converted split, by row id (rows numbered in shard order).
 
 The training plan (``unip2.sampling``) names the rows each worker reads at each step; this reader
-fetches them. Shards are opened lazily and the most recent ones kept in memory, which is all a
+fetches them. Several datasets of one schema (``coco_captions`` + ``web_pairs``) read as one split: their
+shards in the order given, so rows are numbered dataset after dataset. Shards are opened lazily and the most recent ones kept in memory, which is all a
 windowed shuffle needs.
 """
 
@@ -18,14 +19,16 @@ from unip2.data.manifest import split_files
 
 
 class RowReader:
-    """Rows of ``dataset``/``split`` under a converted ``root`` folder.
+    """Rows of ``dataset``/``split`` (or of several datasets' ``split``, concatenated) under a converted
+    ``root`` folder.
 
     read(row_ids) → {column: list of values} in the order of ``row_ids`` (ids may repeat).
     """
 
-    def __init__(self, root: str | Path, dataset: str, split: str, *, cached_shards: int = 8,
+    def __init__(self, root: str | Path, dataset: str | list[str], split: str, *, cached_shards: int = 8,
                  columns: list[str] | None = None):
-        self.files = split_files(root, dataset, split)
+        datasets = [dataset] if isinstance(dataset, str) else list(dataset)
+        self.files = [path for name in datasets for path in split_files(root, name, split)]
         self.columns = columns
         counts = [pq.ParquetFile(path).metadata.num_rows for path in self.files]
         self.starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
