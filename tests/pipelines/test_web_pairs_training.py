@@ -14,12 +14,13 @@ import pytest
 from pipelines import prepare_data
 from pipelines.run_setup import prepare_run
 from pipelines.step_stream import plan_for
-from pipelines.train_loop import TRACE_DIR
 from pipelines.trainer import fit, stream_spec
 from unip2.config_io import ConfigError
 from unip2.data.manifest import load_manifest, read_rows
 from unip2.data.row_reader import RowReader
 from unip2.run_config import load_run_config
+
+from loop_hooks import FaultHooks
 
 REPO = Path(__file__).resolve().parents[2]
 SMALL = ["scale.num_workers=1", "scale.cpus_per_worker=0.5", "data.loader_cpus=0.25", "optim.warmup_steps=2",
@@ -75,17 +76,16 @@ def test_readme_conversion_adds_web_pairs_and_counts_skipped_samples(web_data, e
         prepare_data.main(["--web-pairs", str(web_shards["web"]), "--out", str(root)])
 
 
-def test_captioning_and_retrieval_train_on_coco_and_web_pairs(web_data, web_shards, tmp_path, monkeypatch):
+def test_captioning_and_retrieval_train_on_coco_and_web_pairs(web_data, web_shards, tmp_path):
     root, _, _ = web_data
     trace = tmp_path / "trace"
     trace.mkdir()
-    monkeypatch.setenv(TRACE_DIR, str(trace))
     overrides = [arg for arg in readme_commands()[2] if arg.startswith("tasks.")]
     assert overrides == ["tasks.captioning.datasets=[coco_captions,web_pairs]",
                          "tasks.retrieval.datasets=[coco_captions,web_pairs]"]
     run, out, data_root = prepare_run(None, SMALL + overrides + [f"data.root={root}", "train.steps=8",
                                                                  "train.checkpoint_every=8"], out=str(tmp_path / "run"))
-    checkpoint = fit(run, out=out, data_root=data_root)
+    checkpoint = fit(run, out=out, data_root=data_root, hooks=FaultHooks(trace_dir=trace))
     assert (checkpoint / "model").is_dir()
 
     # Every traced step read exactly the rows the plan names in the concatenated row space ...
