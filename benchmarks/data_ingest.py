@@ -116,7 +116,7 @@ def run(data_root: str | Path, *, steps: int = 120, rounds: int = 2, cpus: int =
     return result(KEY, measure=MEASURE, ours=ours, baseline=baseline, ratio=ours / baseline, goal=GOAL,
                   unit="rows/s", details={
                       "rounds_rows_per_s": figures, "first_batch_s": startup, "cpus": cpus, "steps": steps,
-                      "untimed_steps": warmup, "image_sizes": spec["image_sizes"], "steps_per_block": per_block,
+                      "untimed_steps": warmup, "inputs": spec["inputs"], "steps_per_block": per_block,
                       "other_ratios": others,
                       "note": f"default-run step batches (8 rows, 5 tasks), {steps} steps, {per_block} steps per "
                               f"block, {cpus} Ray Data actors × 1 CPU vs {cpus} DataLoader workers; median of "

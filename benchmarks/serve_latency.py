@@ -76,13 +76,14 @@ def direct(checkpoint: str, task_name: str, images: list[bytes], requests: int, 
 
     import unip2
     from unip2.tasks import TASKS
+    from unip2.tasks.base import input_options
 
     torch.set_num_threads(threads)
     model = unip2.load(checkpoint).eval()
     task = TASKS[task_name]
 
     def run(batch_images):
-        rows = task.preprocess({"image": batch_images}, image_size=model.config.image_size,
+        rows = task.preprocess({"image": batch_images}, **input_options(model.config.task_input_settings(task_name)),
                                tokenizer=model.tokenizer, train=False, rng=np.random.default_rng(0))
         return task.predict(model, task.collate(rows))
 

@@ -115,8 +115,11 @@ class BatchPredictor:
                 for i in range(len(rows["image"]))]
 
     def _preprocess(self, task, rows: dict[str, list]) -> dict[str, np.ndarray]:
-        return task.preprocess(rows, image_size=self.model.config.image_size, tokenizer=self.model.tokenizer,
-                               train=False, rng=np.random.default_rng(0))
+        """The task's own preprocessing, with the input settings the checkpoint was trained with."""
+        from unip2.tasks.base import input_options
+
+        return task.preprocess(rows, **input_options(self.model.config.task_input_settings(task.name)),
+                               tokenizer=self.model.tokenizer, train=False, rng=np.random.default_rng(0))
 
     def _decodable(self, task, rows: dict[str, list]) -> tuple[list[int], dict[int, str]]:
         """Row by row: indices that preprocess, and the reason for each that does not."""

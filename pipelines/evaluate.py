@@ -1,5 +1,7 @@
 """Evaluate a checkpoint on the validation (or test) split of converted data, with Ray Data.
 
+    python pipelines/evaluate.py --checkpoint runs/tiny/checkpoint --out runs/tiny/eval
+    python pipelines/evaluate.py --checkpoint runs/tiny/ray/tiny/checkpoint_0000600 --split test --out eval-test
     python pipelines/evaluate.py --checkpoint runs/tiny/model --data data/shapes-parquet --out runs/tiny/eval
     python pipelines/evaluate.py --checkpoint runs/tiny/model --data data/shapes-parquet --tasks detection,captioning \\
         --max-images 64 --fast --out /tmp/eval
@@ -8,13 +10,21 @@
     python pipelines/evaluate.py --checkpoint ckpt --data data/shapes-parquet --class-names names.json --out eval-open
     RAY_ADDRESS=auto python pipelines/evaluate.py --checkpoint ckpt --data /data/unip2-parquet --out eval
 
+``--checkpoint``: a model folder (``unip2.save``; a run's ``checkpoint/``) or a training checkpoint (Ray
+Train's ``checkpoint_*`` folders, holding it in ``model/``). Without ``--data``, the data the checkpoint was
+trained on (``data.root`` of the ``run_config.yaml`` beside the model or in the folder above it).
+Each task is preprocessed with the input settings the checkpoint records (image size, text length).
+Retrieval is also evaluated zero-shot on the Flickr30k test split when the data has one
+(``retrieval_flickr30k`` in metrics.json, the F30k columns of report.md).
+
 Joins the Ray cluster at RAY_ADDRESS when set, else starts a local one. Writes metrics.json, report.md,
 predictions.png, detections.json, segmentations.json and captions.json into --out (see
 pipelines/evaluation.py) and prints metrics.json. ``--class-names FILE``: a ``.json`` file
 {"imagenet": [...], "coco": [...]} replaces the candidate names of those label spaces; any other file
 holds one name per line and replaces the candidates of every evaluated task that has class names.
-Exit status 2: bad input (missing or incomplete checkpoint or data, unknown task, class names that
-differ between checkpoint and data).
+Exit status 2: bad input (missing or incomplete checkpoint or data, no --data and no recorded training
+data or a recorded data folder that no longer exists, unknown task, class names that differ between
+checkpoint and data).
 """
 
 from __future__ import annotations
@@ -28,13 +38,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `pipelines` impo
 
 from pipelines import ray_runtime  # noqa: E402  (sets Ray's environment before ray is imported)
 from pipelines.evaluation import evaluate, plan_evaluation, read_class_names  # noqa: E402
+from pipelines.train_checkpoint import training_data_root  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="model folder written by unip2.save")
-    parser.add_argument("--data", default="data/shapes-parquet", help="converted data folder (holding manifest.json)")
+    parser.add_argument("--checkpoint", required=True,
+                        help="model folder written by unip2.save (a run's checkpoint/), or a training checkpoint")
+    parser.add_argument("--data", default=None, help="converted data folder (holding manifest.json); default: "
+                        "the one the checkpoint was trained on")
     parser.add_argument("--split", default="val", help="split to evaluate (val; test for Karpathy captions)")
     parser.add_argument("--tasks", default=None, help="comma-separated task names (default: all with data)")
     parser.add_argument("--out", default="eval", help="output folder")
@@ -48,8 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
     try:
+        data = args.data if args.data is not None else training_data_root(args.checkpoint)
         class_names = read_class_names(args.class_names) if args.class_names else None
-        plan_evaluation(args.checkpoint, args.data, split=args.split, tasks=tasks, class_names=class_names)
+        plan_evaluation(args.checkpoint, data, split=args.split, tasks=tasks, class_names=class_names)
     except (FileNotFoundError, KeyError, ValueError) as error:  # bad input: say why, before starting Ray
         print(f"error: {error.args[0] if isinstance(error, KeyError) else error}", file=sys.stderr)
         return 2
@@ -58,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ray_runtime.connect()  # RAY_ADDRESS if set, else a local Ray
     try:
-        metrics = evaluate(args.checkpoint, args.data, split=args.split, tasks=tasks, out_dir=args.out,
+        metrics = evaluate(args.checkpoint, data, split=args.split, tasks=tasks, out_dir=args.out,
                            class_names=class_names, concurrency=args.concurrency, batch_size=args.batch_size,
                            max_images=args.max_images, num_cpus=args.num_cpus, meteor=not args.fast)
     finally:

@@ -6,13 +6,17 @@
     metrics = evaluate("ckpt/", "data/parquet", split="val", out_dir="eval/")
 
 Phases:
-1. ``plan_evaluation`` (no Ray): the checkpoint is complete, the data folder has a manifest, the task
-   names are registered; tasks whose dataset, split or annotations are absent are skipped with a note;
-   the checkpoint's class names must equal the data's unless candidate names are given.
+1. ``plan_evaluation`` (no Ray): the checkpoint is complete (a ``unip2.save`` folder, or a training
+   checkpoint holding one in ``model/``), the data folder has a manifest, the task names are registered;
+   tasks whose dataset, split or annotations are absent are skipped with a note; the checkpoint's class
+   names must equal the data's unless candidate names are given. A task's zero-shot splits
+   (``Task.zero_shot_splits``, e.g. retrieval on the Flickr30k test split) are added when the data has
+   them, each its own entry of metrics.json (``<task>_<dataset>``, e.g. ``retrieval_flickr30k``).
 2. One Ray Data pipeline: each dataset's split (``read_parquet``, first ``max_images`` rows) in one
    stream → ``map_batches(BatchPredictor)``, an actor pool of ``concurrency`` actors that each load the
    checkpoint once (one GPU each when the cluster has GPUs, else ``num_cpus``) and predict every task
-   reading the row's dataset; the driver gathers the rows.
+   reading the row's dataset, each with the input settings the checkpoint records for it
+   (``ModelConfig.task_input_settings``); the driver gathers the rows.
 3. Metrics on the driver (``pipelines.task_metrics`` → ``unip2.eval``), then the files in ``out_dir``:
    ``metrics.json``, ``detections.json`` / ``segmentations.json`` (COCO results), ``captions.json``,
    ``report.md`` (paper Table 6 layout) and ``predictions.png`` (a grid of predictions).
@@ -36,6 +40,7 @@ from pipelines.evaluation_report import write_report
 from pipelines.prediction_grid import draw_prediction_grid, grid_panels
 from pipelines.ray_runtime import cluster_has_gpus
 from pipelines.task_metrics import TASK_METRICS, MetricContext, TaskOutput
+from pipelines.train_checkpoint import model_folder
 from unip2.config import ModelConfig
 from unip2.data.manifest import load_manifest, split_files
 from unip2.persistence import WEIGHTS, load_config
@@ -48,21 +53,41 @@ class ClassNamesMismatch(ValueError):
     """The checkpoint's candidate names for a label space are not the data's classes."""
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """One entry of metrics.json: a task on one dataset's split."""
+
+    key: str
+    """Its metrics.json key: the task name on the task's own dataset, ``<task>_<dataset>`` zero-shot."""
+    task: str
+    dataset: str
+    split: str
+
+
 @dataclass
 class EvaluationPlan:
     """What ``evaluate`` will run, decided before any Ray work."""
 
     checkpoint_dir: Path
+    """The ``unip2.save`` folder (a training checkpoint's ``model/`` when given a training checkpoint)."""
     data_root: Path
     split: str
     config: ModelConfig
     manifest: dict
     tasks: list[str]
-    """Tasks to evaluate, in registry order."""
+    """Tasks to evaluate on their own dataset's ``split``, in registry order."""
     skipped_tasks: dict[str, str] = field(default_factory=dict)
     """Requested tasks left out, with the reason."""
     candidate_names: dict[str, list[str]] = field(default_factory=dict)
     """Label space → names given to ``predict`` instead of the checkpoint's (open vocabulary)."""
+    zero_shot: list[Evaluation] = field(default_factory=list)
+    """The evaluated tasks' zero-shot splits present in the data."""
+
+    @property
+    def evaluations(self) -> list[Evaluation]:
+        """Every metrics entry: each task on its own dataset, then the zero-shot ones."""
+        own = [Evaluation(name, name, TASKS[name].dataset, self.split) for name in self.tasks]
+        return own + self.zero_shot
 
 
 def read_class_names(path: str | Path) -> dict[str, list[str]] | list[str]:
@@ -91,14 +116,18 @@ def plan_evaluation(checkpoint_dir: str | Path, data_root: str | Path, *, split:
                     tasks: list[str] | None = None,
                     class_names: dict[str, list[str]] | list[str] | None = None) -> EvaluationPlan:
     """Check the inputs and decide the tasks (see the module docstring); raises on bad input."""
-    config = checkpoint_config(checkpoint_dir)
+    model_dir = model_folder(checkpoint_dir)
+    config = checkpoint_config(model_dir)
     manifest = load_manifest(data_root)
     names = list(TASKS) if tasks is None else [get_task(name).name for name in tasks]
-    plan = EvaluationPlan(Path(checkpoint_dir), Path(data_root), split, config, manifest, [])
+    plan = EvaluationPlan(model_dir, Path(data_root), split, config, manifest, [])
     for name in TASKS:
         if name not in names:
             continue
-        reason = _missing_data(TASKS[name], manifest, split)
+        for dataset, zero_shot_split in TASKS[name].zero_shot_splits:  # optional data: absent = not evaluated
+            if _missing_data(TASKS[name], manifest, dataset, zero_shot_split) is None:
+                plan.zero_shot.append(Evaluation(f"{name}_{dataset}", name, dataset, zero_shot_split))
+        reason = _missing_data(TASKS[name], manifest, TASKS[name].dataset, split)
         if reason:
             plan.skipped_tasks[name] = reason
             continue
@@ -111,7 +140,10 @@ def plan_evaluation(checkpoint_dir: str | Path, data_root: str | Path, *, split:
                 _check_class_names(space, config.class_names.get(space, []), manifest["class_names"][space],
                                    checkpoint_dir, data_root)
         plan.tasks.append(name)
-    if not plan.tasks:
+    # One split per dataset in the prediction stream: a zero-shot dataset is never another task's own.
+    own = {TASKS[name].dataset for name in plan.tasks}
+    plan.zero_shot = [entry for entry in plan.zero_shot if entry.dataset not in own]
+    if not plan.evaluations:
         raise ValueError(f"nothing to evaluate on split {split!r} of {data_root}: {plan.skipped_tasks}")
     return plan
 
@@ -124,7 +156,8 @@ def evaluate(checkpoint_dir: str | Path, data_root: str | Path, *, split: str = 
     """Evaluate a checkpoint on ``split`` of a converted data folder; Ray must already be initialized.
 
     Args:
-        checkpoint_dir: a directory written by ``unip2.save``.
+        checkpoint_dir: a directory written by ``unip2.save`` (e.g. a run's ``checkpoint/``), or a training
+            checkpoint holding one in ``model/``.
         data_root: the converted data folder (holding ``manifest.json``).
         split: the split to evaluate ("val", or "test" for Karpathy captions).
         tasks: task names (default: every registered task with data for the split).
@@ -138,9 +171,10 @@ def evaluate(checkpoint_dir: str | Path, data_root: str | Path, *, split: str = 
         num_cpus: CPUs reserved per actor when the cluster has no GPU (one GPU per actor otherwise).
         meteor: compute METEOR (a Java process, ~10 s).
     Returns:
-        The content of ``metrics.json``: {task: metrics} for each evaluated task, plus "checkpoint",
-        "split", "data", "annotations" {"instances", "captions"}, "skipped_images" {task: count},
-        "skipped_tasks" {task: reason}, "files" {kind: path}, "parameters", "wall_time_s".
+        The content of ``metrics.json``: {task: metrics} for each evaluated task and {``<task>_<dataset>``:
+        metrics} for each zero-shot split evaluated, plus "zero_shot" {key: {"task", "dataset", "split"}},
+        "checkpoint", "split", "data", "annotations" {"instances", "captions"}, "skipped_images"
+        {key: count}, "skipped_tasks" {key: reason}, "files" {kind: path}, "parameters", "wall_time_s".
     """
     import ray
 
@@ -153,9 +187,12 @@ def evaluate(checkpoint_dir: str | Path, data_root: str | Path, *, split: str = 
     options = {name: {"class_names": plan.candidate_names[TASKS[name].label_space]}
                for name in plan.tasks if TASKS[name].label_space in plan.candidate_names}
     by_dataset: dict[str, list[str]] = defaultdict(list)
-    for name in plan.tasks:
-        by_dataset[TASKS[name].dataset].append(name)
-    tables = predict_splits(plan.checkpoint_dir, {d: split_files(plan.data_root, d, split) for d in by_dataset},
+    dataset_split: dict[str, str] = {}
+    for entry in plan.evaluations:
+        by_dataset[entry.dataset].append(entry.task)
+        dataset_split[entry.dataset] = entry.split
+    tables = predict_splits(plan.checkpoint_dir,
+                            {d: split_files(plan.data_root, d, s) for d, s in dataset_split.items()},
                             dict(by_dataset), options, batch_size=batch_size, concurrency=concurrency,
                             max_images=max_images, num_cpus=num_cpus)
 
@@ -168,16 +205,21 @@ def evaluate(checkpoint_dir: str | Path, data_root: str | Path, *, split: str = 
     metrics: dict = {}
     files: dict[str, str] = {}
     skipped_images: dict[str, int] = {}
-    outputs: dict[str, TaskOutput] = {}
-    for name in plan.tasks:
-        output, skipped_images[name] = _task_output(tables[TASKS[name].dataset], name)
+    outputs: dict[str, TaskOutput] = {}  # the tasks on their own datasets, for the picture
+    zero_shot: dict[str, dict] = {}
+    for entry in plan.evaluations:
+        output, skipped_images[entry.key] = _task_output(tables[entry.dataset], entry.task)
         if not output.predictions:
-            plan.skipped_tasks[name] = "no decodable image in the split"
+            plan.skipped_tasks[entry.key] = "no decodable image in the split"
             continue
-        outputs[name] = output
-        metrics[name], written = TASK_METRICS[name](output, context)
+        metrics[entry.key], written = TASK_METRICS[entry.task](output, context)
         files |= written
-        logger.info("%s: %s = %s", name, TASKS[name].metric, metrics[name].get(TASKS[name].metric))
+        if entry.key == entry.task:
+            outputs[entry.task] = output
+        else:
+            zero_shot[entry.key] = {"task": entry.task, "dataset": entry.dataset, "split": entry.split}
+        metric = TASKS[entry.task].metric
+        logger.info("%s: %s = %s", entry.key, metric, metrics[entry.key].get(metric))
 
     panels = grid_panels({name: o.predictions for name, o in outputs.items()},
                          lambda dataset, ids: _images_by_id(plan, dataset, ids),
@@ -185,6 +227,7 @@ def evaluate(checkpoint_dir: str | Path, data_root: str | Path, *, split: str = 
     if panels:
         files["predictions"] = str(draw_prediction_grid(panels, out_dir / "predictions.png"))
     result = metrics | {
+        "zero_shot": zero_shot,
         "checkpoint": str(Path(checkpoint_dir).resolve()), "split": split, "data": str(Path(data_root).resolve()),
         "annotations": {"instances": instances, "captions": captions},
         "skipped_images": skipped_images, "skipped_tasks": plan.skipped_tasks,
@@ -280,14 +323,14 @@ def _images_by_id(plan: EvaluationPlan, dataset: str, image_ids: list[int]) -> d
     return found
 
 
-def _missing_data(task, manifest: dict, split: str) -> str | None:
-    """Why ``task`` cannot be evaluated on ``split`` of this data, or None."""
-    splits = manifest["datasets"].get(task.dataset, {}).get("splits", {})
+def _missing_data(task, manifest: dict, dataset: str, split: str) -> str | None:
+    """Why ``task`` cannot be evaluated on ``split`` of ``dataset`` in this data, or None."""
+    splits = manifest["datasets"].get(dataset, {}).get("splits", {})
     if split not in splits:
-        return f"no {task.dataset}/{split} in the data (present: {sorted(splits) or 'none'})"
+        return f"no {dataset}/{split} in the data (present: {sorted(splits) or 'none'})"
     if not splits[split].get("rows"):
-        return f"{task.dataset}/{split} has no rows"
-    if task.dataset == "coco_instances" and not manifest.get("annotations", {}).get("instances", {}).get(split):
+        return f"{dataset}/{split} has no rows"
+    if dataset == "coco_instances" and not manifest.get("annotations", {}).get("instances", {}).get(split):
         return f"no COCO instances annotation file for split {split!r} in the manifest"
     if task.label_space is not None and task.label_space not in manifest.get("class_names", {}):
         return f"the data has no class names for label space {task.label_space!r}"

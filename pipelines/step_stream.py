@@ -52,8 +52,7 @@ class StepBatchLoader:
         task_name, rows = self.plan.rows_at(step, self.rank)
         task = TASKS[task_name]
         raw = self.readers[task_name].read(rows)
-        options = dict(image_size=self.spec["image_sizes"][task_name], tokenizer=self.tokenizer, train=True,
-                       max_text_length=self.spec["max_text_length"])
+        options = dict(**self.spec["inputs"][task_name], tokenizer=self.tokenizer, train=True)
         rng = np.random.default_rng([self.spec["seed"], 15485863, step, self.rank])
         skipped: Counter = Counter()
         try:

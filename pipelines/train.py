@@ -6,21 +6,21 @@
     RAY_ADDRESS=auto python pipelines/train.py --config pipelines/configs/base.yaml   # join a cluster
 
 Re-running with the same ``--out`` resumes from that run's last checkpoint. Writes into the run folder:
-``checkpoint/`` (loadable by ``unip2.load``), ``metrics.json``, ``curves.png``, ``report.md`` and the
-evaluation files (see ``pipelines/evaluate.py``).
+``checkpoint/`` (loadable by ``unip2.load``; with the run's ``run_config.yaml``, so
+``pipelines/evaluate.py --checkpoint <run>/checkpoint`` finds the data it trained on), ``metrics.json``,
+``curves.png``, ``report.md`` and the evaluation files (see ``pipelines/evaluate.py``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 
 from pipelines import ray_runtime  # noqa: F401  (sets Ray's environment before ray is imported)
 from pipelines.run_setup import prepare_run
-from pipelines.train_checkpoint import read_state
+from pipelines.train_checkpoint import export_model, read_state
 from pipelines.trainer import fit
 
 
@@ -44,10 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"[train] run folder {out}; data {data_root}; tasks {', '.join(run.tasks)}", flush=True)
     result_checkpoint = fit(run, out=out, data_root=data_root)
-    final = out / "checkpoint"
-    if final.exists():
-        shutil.rmtree(final)
-    shutil.copytree(result_checkpoint / "model", final)
+    final = export_model(result_checkpoint, out / "checkpoint")
     state = read_state(result_checkpoint)
     from pipelines.curves import plot_curves
 

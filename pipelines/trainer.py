@@ -15,21 +15,23 @@ from unip2 import config_io
 from unip2.data.manifest import load_manifest
 from unip2.model.tokenizer import TextTokenizer
 from unip2.run_config import RunConfig
+from unip2.tasks.base import input_options
 
 
 def stream_spec(run: RunConfig, data_root: Path) -> dict:
-    """Plain-dict description of every worker's data stream (see pipelines/step_stream.py)."""
+    """Plain-dict description of every worker's data stream (see pipelines/step_stream.py). Each task's
+    input settings come from the config of the model being trained (the ones its checkpoint records)."""
     manifest = load_manifest(data_root)
     ratios = run.sampling_ratios()
     tasks = list(run.tasks)
+    model = run.model_config()
     return {"data_root": str(data_root), "tasks": tasks, "ratios": [ratios[t] for t in tasks],
             "batch_sizes": {t: run.tasks[t].batch_size for t in tasks},
             "datasets": {t: run.train_datasets(t) for t in tasks},
             "num_rows": {t: train_rows(manifest, run.train_datasets(t)) for t in tasks},
-            "image_sizes": {t: run.image_size(t) for t in tasks},
+            "inputs": {t: input_options(model.task_input_settings(t)) for t in tasks},
             "num_workers": run.scale.num_workers, "total_steps": run.train.steps, "seed": run.train.seed,
             "mode": run.train.sampling, "window": run.data.shuffle_window,
-            "max_text_length": run.data.max_text_length,
             "tokenizer_json": TextTokenizer.from_file(run.model.text.tokenizer_path).to_json()}
 
 

@@ -88,14 +88,15 @@ class Ingress:
         return {"status": "ready", "device": description["device"], "preset": description["preset"],
                 "gallery_size": description["gallery_size"]}
 
-    @app.get("/v1/tasks", summary="The tasks served, their endpoints and default class names")
+    @app.get("/v1/tasks", summary="The tasks served, their endpoints, input settings and default class names")
     async def tasks(self, request: Request) -> dict:
         self._authorize(request)
         if self._description is None:
             self._description = await self._call(self.model.describe.remote())
         return {"tasks": {name: {**info, "endpoint": ENDPOINTS.get(name)}
                           for name, info in self._description["tasks"].items()},
-                "image_size": self._description["image_size"], "limits": asdict(self.limits)}
+                "image_size": self._description["image_size"], "pixel_mean": self._description["pixel_mean"],
+                "pixel_std": self._description["pixel_std"], "limits": asdict(self.limits)}
 
     @app.get("/v1/stats", summary="Batches run per task queue in the answering model replica")
     async def stats(self, request: Request) -> dict:

@@ -33,6 +33,7 @@ from serve.gallery import GallerySource, read_gallery
 from serve.model_clock import ModelClock
 from serve.preprocessing import Preprocessor
 from unip2.tasks import TASKS
+from unip2.tasks.base import input_options
 
 RETRIEVAL = "retrieval"
 TEXTS = "retrieval_texts"  # the queue embedding candidate / query sentences
@@ -69,8 +70,7 @@ class ModelServer:
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         torch.set_num_threads(torch_threads or _default_threads())
         self.model = unip2.load(checkpoint, device=self.device).eval()
-        self.preprocessor = Preprocessor(image_size=self.model.config.image_size, tokenizer=self.model.tokenizer,
-                                         threads=1)
+        self.preprocessor = Preprocessor(config=self.model.config, tokenizer=self.model.tokenizer, threads=1)
         self.max_batch_size = max_batch_size
         self.batch_wait_timeout_s = batch_wait_timeout_s
         self.adaptive_wait = adaptive_wait
@@ -129,10 +129,12 @@ class ModelServer:
         """What this replica serves (for ``/v1/tasks`` and ``/readyz``)."""
         config = self.model.config
         tasks = {name: {"dataset": task.dataset, "metric": task.metric,
-                        "class_names": config.class_names.get(task.label_space) if task.label_space else None}
+                        "class_names": config.class_names.get(task.label_space) if task.label_space else None,
+                        **input_options(config.task_input_settings(name))}
                  for name, task in TASKS.items()}
         return {"tasks": tasks, "replica": serve.get_replica_context().replica_id.to_full_id_str(),
                 "device": self.device, "preset": config.preset, "image_size": config.image_size,
+                "pixel_mean": list(config.pixel_mean), "pixel_std": list(config.pixel_std),
                 "torch_threads": torch.get_num_threads(), "max_batch_size": self.max_batch_size,
                 "gallery_size": len(self.gallery_ids), "batches": self.batch_stats}
 

@@ -19,22 +19,24 @@ from unip2.config import ModelConfig
 from unip2.model.tokenizer import TextTokenizer
 from unip2.persistence import CONFIG, TOKENIZER
 from unip2.tasks import TASKS
+from unip2.tasks.base import input_options
 
 
 class Preprocessor:
-    """The tasks' own ``preprocess`` for single served images, with the checkpoint's image size."""
+    """The tasks' own ``preprocess`` for single served images, with each task's input settings as the
+    checkpoint records them (``ModelConfig.task_input_settings``: the image size it was trained at)."""
 
-    def __init__(self, *, image_size: int, tokenizer: TextTokenizer, threads: int = 2):
-        self.image_size = image_size
+    def __init__(self, *, config: ModelConfig, tokenizer: TextTokenizer, threads: int = 2):
+        self.options = {name: input_options(config.task_input_settings(name)) for name in TASKS}
         self.tokenizer = tokenizer
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path, *, threads: int = 2) -> "Preprocessor":
-        """Image size and tokenizer from a checkpoint folder, without loading the weights."""
+        """Input settings and tokenizer from a checkpoint folder, without loading the weights."""
         config = config_io.load(ModelConfig, Path(checkpoint) / CONFIG)
         tokenizer = TextTokenizer.from_json((Path(checkpoint) / TOKENIZER).read_text())
-        return cls(image_size=config.image_size, tokenizer=tokenizer, threads=threads)
+        return cls(config=config, tokenizer=tokenizer, threads=threads)
 
     async def __call__(self, task: str, image: bytes, field: str = "image") -> dict[str, np.ndarray]:
         loop = asyncio.get_running_loop()
@@ -44,7 +46,7 @@ class Preprocessor:
         """One image → ``TASKS[task].preprocess``'s batch of one ({"images": 1×3×S×S uint8, ...}); 400 if
         the image does not decode."""
         try:
-            return TASKS[task].preprocess({"image": [image]}, image_size=self.image_size, tokenizer=self.tokenizer,
+            return TASKS[task].preprocess({"image": [image]}, **self.options[task], tokenizer=self.tokenizer,
                                           train=False, rng=np.random.default_rng(0))
         except ValueError as err:
             raise ApiError(400, f"{field}: {err}") from None

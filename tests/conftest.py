@@ -20,11 +20,12 @@ import pytest  # noqa: E402
 
 @pytest.fixture(scope="session")
 def embedded_raw(tmp_path_factory):
-    """A small shapes-world dataset in the real formats (COCO, ImageNet folders, Karpathy)."""
+    """A small shapes-world dataset in the real formats (COCO, ImageNet folders, Karpathy COCO and Flickr30k)."""
     from unip2.data.synthetic import SyntheticConfig, generate
 
     out = tmp_path_factory.mktemp("embedded") / "raw"
-    generate(out, SyntheticConfig(train_images=48, val_images=16, cls_train_per_class=4, cls_val_per_class=2))
+    generate(out, SyntheticConfig(train_images=48, val_images=16, cls_train_per_class=4, cls_val_per_class=2,
+                                  flickr_images=12))
     return out
 
 
@@ -35,7 +36,9 @@ def embedded_data(embedded_raw, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("embedded") / "parquet"
     prepare(out=out, coco=embedded_raw / "coco", imagenet=embedded_raw / "imagenet",
-            karpathy=embedded_raw / "coco" / "dataset_coco.json", rows_per_shard=20, progress_interval_s=3600)
+            karpathy=embedded_raw / "coco" / "dataset_coco.json", rows_per_shard=20, progress_interval_s=3600,
+            flickr30k=(embedded_raw / "flickr30k" / "dataset_flickr30k.json",
+                       embedded_raw / "flickr30k" / "flickr30k-images"))
     return out
 
 

@@ -1,11 +1,16 @@
 """The one config system: YAML + key=value overrides, unknown keys and bad values refused by name."""
 
+import json
+from pathlib import Path
+
 import pytest
 
 from unip2 import config_io
-from unip2.config import ModelConfig
+from unip2.config import IMAGENET_MEAN, IMAGENET_STD, ModelConfig, TaskInputConfig, TaskInputs
 from unip2.config_io import ConfigError
 from unip2.presets import PRESETS, preset
+
+BASE_RUN = Path(__file__).resolve().parents[1] / "pipelines" / "configs" / "base.yaml"
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -30,6 +35,11 @@ def test_overrides_change_fields_with_types():
     ("decoder.top_k=9", "decoder.top_k"),
     ("image_size=100", "image_size"),
     ("tokens.use_global=yes please", "tokens.use_global"),
+    ("task_inputs.depth.image_size=64", "task_inputs.depth"),
+    ("task_inputs.retrieval.image_size=100", "task_inputs.retrieval.image_size"),
+    ("task_inputs.captioning.max_text_length=2", "task_inputs.captioning.max_text_length"),
+    ("pixel_std=[0.2, 0.0, 0.2]", "pixel_std"),
+    ("pixel_mean=[0.5, 0.5]", "pixel_mean"),
 ])
 def test_bad_values_are_refused_naming_the_field(override, field):
     with pytest.raises(ConfigError) as err:
@@ -68,3 +78,43 @@ def test_learning_rate_follows_the_linear_rule():
 
     run = load_run_config(overrides=["scale.num_workers=8", "scale.min_workers=2"])
     assert run.learning_rate_scale(8) == 1.0 and run.learning_rate_scale(2) == 0.25
+
+
+def test_task_input_settings_are_the_recorded_ones_else_the_model_defaults():
+    config = preset("tiny")
+    config.task_inputs = {"captioning": TaskInputConfig(image_size=64, max_text_length=20),
+                          "classification": TaskInputConfig(image_size=128)}
+    config_io.validate(config)
+    assert config.task_input_settings("captioning") == TaskInputs(
+        image_size=64, max_text_length=20, pixel_mean=IMAGENET_MEAN, pixel_std=IMAGENET_STD)
+    classification = config.task_input_settings("classification")
+    assert (classification.image_size, classification.max_text_length) == (128, config.text.max_length)
+    detection = config.task_input_settings("detection")  # not trained: the model-wide defaults
+    assert (detection.image_size, detection.max_text_length) == (config.image_size, config.text.max_length)
+    with pytest.raises(KeyError, match="unknown task 'depth'"):
+        config.task_input_settings("depth")
+
+
+def test_a_config_saved_before_task_inputs_existed_loads_with_the_defaults(tmp_path):
+    old = config_io.to_dict(preset("tiny"))
+    for key in ("task_inputs", "pixel_mean", "pixel_std"):
+        del old[key]
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    config = config_io.load(ModelConfig, tmp_path / "config.json")
+    assert config == preset("tiny") and config.task_inputs == {}
+    assert config.task_input_settings("retrieval").image_size == config.image_size
+
+
+def test_a_run_records_its_tasks_input_settings_in_the_model_it_trains():
+    from unip2.run_config import load_run_config
+
+    run = load_run_config(BASE_RUN, ["data.max_text_length=40"])
+    model = run.model_config()
+    sizes = {name: model.task_input_settings(name).image_size for name in run.tasks}
+    assert sizes == {"classification": 224, "instance_segmentation": 1024, "captioning": 384, "retrieval": 384}
+    assert {model.task_input_settings(name).max_text_length for name in run.tasks} == {40}
+    assert "detection" not in run.tasks and model.task_input_settings("detection").image_size == 512
+    assert run.model.task_inputs == {}  # the run's own config keeps one source: tasks.* and data.*
+    with pytest.raises(ConfigError) as err:
+        load_run_config(overrides=["model.task_inputs.captioning.image_size=64"])
+    assert err.value.field == "model.task_inputs" and "tasks.<task>.image_size" in str(err.value)

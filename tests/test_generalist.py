@@ -1,5 +1,6 @@
 """The whole model: it learns every task, saves and loads exactly, and the presets have the paper's sizes."""
 
+import copy
 import subprocess
 import sys
 
@@ -44,6 +45,28 @@ def test_tiny_model_overfits_a_few_samples_of_every_task(tiny_config, embedded_d
     after = losses()
     for name in batches:
         assert after[name] < 0.8 * before[name], f"{name}: {before[name]:.3f} -> {after[name]:.3f}"
+
+
+def test_the_saved_config_carries_input_settings_and_pixel_normalization(tiny_config, tmp_path):
+    from unip2.config import TaskInputConfig
+
+    config = copy.deepcopy(tiny_config)
+    config.pixel_mean, config.pixel_std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+    config.task_inputs = {"retrieval": TaskInputConfig(image_size=64, max_text_length=16)}
+    model = unip2.load(unip2.save(unip2.build_model(config), tmp_path / "model"))
+    assert model.config == config
+    assert model.pixel_mean.flatten().tolist() == [0.5] * 3 and model.pixel_std.flatten().tolist() == [0.25] * 3
+    settings = model.config.task_input_settings("retrieval")
+    assert (settings.image_size, settings.max_text_length, settings.pixel_std) == (64, 16, (0.25, 0.25, 0.25))
+    # Retrieval sentences are tokenized to the length the task trained with, not text.max_length (32).
+    retrieval, text = TASKS["retrieval"], " ".join(["a red circle"] * 20)
+    model.eval()
+    with torch.no_grad():
+        embedded = retrieval.embed_texts(model, [text])
+        features = {length: retrieval.text_features(model, *map(torch.as_tensor,
+                                                                model.tokenizer.encode_batch([text], length)))
+                    for length in (16, config.text.max_length)}
+    assert torch.allclose(embedded, features[16]) and not torch.allclose(embedded, features[config.text.max_length])
 
 
 def test_save_then_load_gives_identical_outputs(tiny_checkpoint, embedded_data):

@@ -26,6 +26,7 @@ import torch
 import unip2
 from unip2.data.row_reader import RowReader
 from unip2.tasks import TASKS
+from unip2.tasks.base import input_options
 from unip2.training_setup import TaskLoss
 
 DECODER_FFN = r"^decoder\.layers\.\d+\.ffn\.w[12]$"
@@ -72,7 +73,6 @@ class InterferenceSettings:
     """Regular expression over parameter names: the parameters whose gradients are compared."""
     seed: int = 0
     """Seed of the rows drawn and of their augmentation."""
-    max_text_length: int = 32
     threads: int = 1
     """torch intra-op threads while measuring (more threads than free cores is many times slower)."""
 
@@ -97,9 +97,9 @@ def collect_task_gradients(model, tasks: list[str], data_root, settings: Interfe
         rows = []
         for _ in range(settings.batches):
             ids = rng.choice(reader.num_rows, size=min(settings.batch_size, reader.num_rows), replace=False)
-            batch = task.collate(task.preprocess(reader.read(ids), image_size=model.config.image_size,
-                                                 tokenizer=model.tokenizer, train=True, rng=rng,
-                                                 max_text_length=settings.max_text_length))
+            inputs = input_options(model.config.task_input_settings(name))  # as the model trained
+            batch = task.collate(task.preprocess(reader.read(ids), **inputs, tokenizer=model.tokenizer, train=True,
+                                                 rng=rng))
             model.zero_grad(set_to_none=True)
             loss, _ = loss_module(name, batch)
             loss.backward()  # learning rate 0: gradients are read, the parameters never move

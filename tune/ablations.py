@@ -286,8 +286,7 @@ def run_interference(context: TrialContext, base: RunConfig) -> dict[str, list[d
                 continue
             run = load_run_config(folder / "run_config.yaml")
             measured = measure_interference(checkpoint, run.data.root, variant_tasks(context.variants[variant], base),
-                                            InterferenceSettings(**{**settings.__dict__, "seed": seed,
-                                                                    "max_text_length": run.data.max_text_length}))
+                                            InterferenceSettings(**{**settings.__dict__, "seed": seed}))
             results[setting].append(measured | {"seed": seed, "variant": variant})
     return results
 

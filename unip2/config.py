@@ -207,6 +207,43 @@ class TaskOptions:
         require(self.detection_category_weight >= 0, prefix + "detection_category_weight", "must be >= 0")
 
 
+# ImageNet statistics; the embedded data uses them too so a user's pretrained backbone just works.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class TaskInputConfig:
+    """How one task's inputs were prepared when the model trained (recorded in the checkpoint, so
+    evaluation and serving prepare them the same way)."""
+
+    image_size: int | None = None
+    """Square input side of this task's images; None = ``ModelConfig.image_size``."""
+    max_text_length: int | None = None
+    """Longest tokenized text of this task (captions, retrieval sentences), special tokens included;
+    None = ``text.max_length``."""
+
+    def validate(self, prefix: str = "") -> None:
+        require(self.image_size is None or (self.image_size >= 32 and self.image_size % 32 == 0),
+                prefix + "image_size", "must be a multiple of 32, >= 32")
+        require(self.max_text_length is None or self.max_text_length >= 4, prefix + "max_text_length",
+                "must be >= 4")
+
+
+@dataclass(frozen=True)
+class TaskInputs:
+    """The resolved input settings of one task of a model (``ModelConfig.task_input_settings``)."""
+
+    image_size: int
+    """Square side S the task's images are resized / letterboxed to (B×3×S×S)."""
+    max_text_length: int
+    """Tokens per text, special tokens included."""
+    pixel_mean: tuple[float, float, float]
+    """Per-channel mean the model subtracts from [0, 1] RGB pixels."""
+    pixel_std: tuple[float, float, float]
+    """Per-channel standard deviation the model divides by."""
+
+
 @dataclass
 class ModelConfig:
     """Everything needed to rebuild a unip2 model (saved as ``config.json`` beside the weights)."""
@@ -223,10 +260,37 @@ class ModelConfig:
     tasks: TaskOptions = field(default_factory=TaskOptions)
     class_names: dict[str, list[str]] = field(default_factory=dict)
     """Default candidate names per label space (``"imagenet"``, ``"coco"``), from the data manifest."""
+    pixel_mean: tuple[float, float, float] = IMAGENET_MEAN
+    """Per-channel mean subtracted from [0, 1] RGB pixels inside the model (match a pretrained backbone's)."""
+    pixel_std: tuple[float, float, float] = IMAGENET_STD
+    """Per-channel standard deviation the mean-subtracted pixels are divided by."""
+    task_inputs: dict[str, TaskInputConfig] = field(default_factory=dict)
+    """Input settings per task name (a ``unip2.tasks.TASKS`` key), recorded by the training run from its
+    ``tasks.<task>.image_size`` and ``data.max_text_length``; a task absent here (not trained, or an older
+    checkpoint) uses ``image_size`` and ``text.max_length``. Read them with ``task_input_settings``."""
 
     def validate(self, prefix: str = "") -> None:
         require(self.image_size >= 32, prefix + "image_size", "must be >= 32")
         require(self.image_size % 32 == 0, prefix + "image_size", "must be a multiple of 32")
+        require(len(self.pixel_mean) == 3, prefix + "pixel_mean", "needs 3 values (R, G, B)")
+        require(len(self.pixel_std) == 3 and all(s > 0 for s in self.pixel_std), prefix + "pixel_std",
+                "needs 3 values (R, G, B), each > 0")
+        if self.task_inputs:
+            from unip2.tasks import TASKS  # the registry imports the model, which imports this module
+        for name, inputs in self.task_inputs.items():
+            require(name in TASKS, f"{prefix}task_inputs.{name}", f"unknown task; registered: {', '.join(TASKS)}")
+            inputs.validate(f"{prefix}task_inputs.{name}.")
         for space, names in self.class_names.items():
             require(len(names) > 0, f"{prefix}class_names.{space}", "must not be empty")
             require(len(set(names)) == len(names), f"{prefix}class_names.{space}", "names must be unique")
+
+    def task_input_settings(self, task: str) -> TaskInputs:
+        """How to prepare inputs of ``task`` for this model: what the training run recorded for it, else
+        the model-wide defaults (``image_size``, ``text.max_length``). An unregistered task is refused."""
+        from unip2.tasks import get_task
+
+        get_task(task)
+        recorded = self.task_inputs.get(task, TaskInputConfig())
+        return TaskInputs(image_size=recorded.image_size or self.image_size,
+                          max_text_length=recorded.max_text_length or self.text.max_length,
+                          pixel_mean=tuple(self.pixel_mean), pixel_std=tuple(self.pixel_std))

@@ -6,12 +6,13 @@ model config; the rest of ``model`` overrides its fields. Saved with every check
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from unip2 import config_io
-from unip2.config import ModelConfig
+from unip2.config import ModelConfig, TaskInputConfig
 from unip2.config_io import ConfigError, require
 from unip2.presets import preset
 
@@ -199,6 +200,8 @@ class RunConfig:
         for name, task in self.tasks.items():
             require(name in TASKS, f"{prefix}tasks.{name}", f"unknown task; registered: {', '.join(TASKS)}")
             task.validate(f"{prefix}tasks.{name}.")
+        require(not self.model.task_inputs, prefix + "model.task_inputs",
+                "recorded by the run itself: set tasks.<task>.image_size and data.max_text_length instead")
         require(self.scale.min_workers is None or self.train.sampling == "unmixed", prefix + "scale.min_workers",
                 "elastic training needs train.sampling: unmixed (mixed draws depend on the worker count)")
 
@@ -219,6 +222,14 @@ class RunConfig:
         from unip2.tasks import TASKS
 
         return list(self.tasks[task].datasets or [TASKS[task].dataset])
+
+    def model_config(self) -> ModelConfig:
+        """The config of the model this run trains: ``model`` with every trained task's input settings
+        recorded (``tasks.<task>.image_size``, ``data.max_text_length``), so the checkpoint carries them to
+        evaluation and serving, and the training stream reads them from the same place."""
+        inputs = {name: TaskInputConfig(image_size=self.image_size(name), max_text_length=self.data.max_text_length)
+                  for name in self.tasks}
+        return dataclasses.replace(self.model, task_inputs=inputs)
 
 
 def load_run_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:

@@ -26,7 +26,7 @@ from unip2.data.synthetic import SyntheticConfig, generate
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = Path(__file__).parent / "fixtures"
 TINY = SyntheticConfig(seed=5, train_images=24, val_images=10, cls_train_per_class=2, cls_val_per_class=1,
-                       image_size=64)
+                       flickr_images=4, image_size=64)
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +115,40 @@ def test_imagenet_round_trip(world, converted):
         for row in rows:
             assert wnids[row["label"]] == row["wnid"]
             assert row["image"] == (world / "imagenet" / split / row["file_name"]).read_bytes()
+
+
+def test_generated_flickr30k_split_converts(world, tmp_path):
+    flickr = world / "flickr30k"
+    manifest = prepare(out=tmp_path / "out", flickr30k=(flickr / "dataset_flickr30k.json", flickr / "flickr30k-images"),
+                       progress_interval_s=3600)
+    assert {name: list(d["splits"]) for name, d in manifest["datasets"].items()} == {"flickr30k": ["test"]}
+    assert manifest["skipped"]["flickr30k"] == {"test": {}}
+    entries = json.loads((flickr / "dataset_flickr30k.json").read_text())["images"]
+    rows = read_rows(tmp_path / "out", "flickr30k", "test")
+    assert [r["image_id"] for r in rows] == [e["imgid"] for e in entries]
+    for row, entry in zip(rows, entries):
+        assert row["captions"] == [s["raw"] for s in entry["sentences"]] and len(row["captions"]) == 5
+        assert row["image"] == (flickr / "flickr30k-images" / entry["filename"]).read_bytes()
+        assert (row["file_name"], row["width"], row["height"]) == (entry["filename"], 64, 64)
+
+
+def test_embedded_default_converts_the_flickr30k_split_and_completes_an_older_cache(tmp_path, monkeypatch):
+    from unip2.data import embedded
+
+    small = SyntheticConfig(seed=0, train_images=4, val_images=2, cls_train_per_class=1, cls_val_per_class=1,
+                            flickr_images=3, image_size=64)
+    monkeypatch.setattr(embedded, "SyntheticConfig", lambda seed: SyntheticConfig(**{**small.__dict__, "seed": seed}))
+    root = embedded.ensure_embedded_data(tmp_path, seed=0)
+    assert load_manifest(root)["datasets"]["flickr30k"]["splits"]["test"]["rows"] == 3
+    coco_before = (root.parent / "raw" / "coco" / "dataset_coco.json").read_bytes()
+    # A cache from before the Flickr30k split: regenerated and converted again, the other files unchanged.
+    shutil.rmtree(root.parent / "raw" / "flickr30k")
+    manifest = load_manifest(root)
+    del manifest["datasets"]["flickr30k"]
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    assert embedded.ensure_embedded_data(tmp_path, seed=0) == root
+    assert "flickr30k" in load_manifest(root)["datasets"]
+    assert (root.parent / "raw" / "coco" / "dataset_coco.json").read_bytes() == coco_before
 
 
 def test_captions_without_karpathy_use_the_2017_files(world, tmp_path):

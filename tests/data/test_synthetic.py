@@ -15,11 +15,12 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from unip2.data.caption_templates import caption_vocabulary
+from unip2.data.karpathy import load_karpathy
 from unip2.data.shapes import CATEGORIES
 from unip2.data.synthetic import SyntheticConfig, generate, main
 
 TINY = SyntheticConfig(seed=3, train_images=24, val_images=12, cls_train_per_class=3, cls_val_per_class=2,
-                       image_size=96)
+                       flickr_images=6, image_size=96)
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +54,8 @@ def test_layout_uses_the_real_names(world):
         assert all(len(list((world / "imagenet" / split / w).glob("*.JPEG"))) == per_class for w in folders)
     with Image.open(next((coco / "val2017").glob("*.jpg"))) as image:
         assert image.format == "JPEG" and image.size == (96, 96)
+    assert (world / "flickr30k" / "dataset_flickr30k.json").is_file()
+    assert len(list((world / "flickr30k" / "flickr30k-images").glob("*.jpg"))) == 6
 
 
 def test_same_seed_gives_identical_bytes_and_another_seed_does_not(world, tmp_path):
@@ -159,6 +162,32 @@ def test_karpathy_file_splits_train2017_and_val2017(world):
     assert splits.count("val") == 6 and splits.count("test") == 6
 
 
+def test_flickr30k_file_is_karpathy_format_without_coco_fields(world):
+    payload = json.loads((world / "flickr30k" / "dataset_flickr30k.json").read_text())
+    assert payload["dataset"] == "flickr30k"
+    images = payload["images"]
+    assert [e["imgid"] for e in images] == list(range(6)) and {e["split"] for e in images} == {"test"}
+    for entry in images:
+        assert "filepath" not in entry and "cocoid" not in entry
+        assert (world / "flickr30k" / "flickr30k-images" / entry["filename"]).is_file()
+        assert entry["filename"][:-4].isdigit() and entry["filename"].endswith(".jpg")  # photo-id names
+        assert len(entry["sentences"]) == 5 and entry["sentids"] == [s["sentid"] for s in entry["sentences"]]
+        assert all(s["tokens"] == s["raw"].split() and s["imgid"] == entry["imgid"] for s in entry["sentences"])
+    parsed = load_karpathy(world / "flickr30k" / "dataset_flickr30k.json")
+    assert all(e.cocoid is None and e.filepath is None and len(e.captions) == 5 for e in parsed.images)
+    # New scenes, not copies of the COCO-style images.
+    coco_bytes = {p.read_bytes() for p in (world / "coco" / "val2017").glob("*.jpg")}
+    assert not coco_bytes & {p.read_bytes() for p in (world / "flickr30k" / "flickr30k-images").glob("*.jpg")}
+
+
+def test_the_flickr30k_split_leaves_the_other_datasets_unchanged(world, tmp_path):
+    without = tmp_path / "without"
+    generate(without, SyntheticConfig(**{**TINY.__dict__, "flickr_images": 0}))
+    first, second = _files(world), _files(without)
+    assert not (without / "flickr30k").exists()
+    assert {k: v for k, v in first.items() if not k.startswith("flickr30k/")} == second
+
+
 def test_existing_output_is_refused_and_bad_sizes_rejected(world):
     with pytest.raises(FileExistsError, match=str(world)):
         generate(world, TINY)
@@ -168,7 +197,8 @@ def test_existing_output_is_refused_and_bad_sizes_rejected(world):
 
 def test_command_line(tmp_path):
     summary = main(["--out", str(tmp_path / "cli"), "--seed", "1", "--train-images", "4", "--val-images", "2",
-                    "--cls-train-per-class", "1", "--cls-val-per-class", "1", "--image-size", "64"])
+                    "--cls-train-per-class", "1", "--cls-val-per-class", "1", "--flickr-images", "2",
+                    "--image-size", "64"])
     assert summary["coco"]["train2017"]["images"] == 4 and summary["coco"]["val2017"]["captions"] == 10
-    assert summary["imagenet_images"] == 2 * len(CATEGORIES)
+    assert summary["imagenet_images"] == 2 * len(CATEGORIES) and summary["flickr30k_images"] == 2
     assert not any(p.name.startswith(".cli") for p in tmp_path.iterdir())

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -72,6 +73,25 @@ def ok(response) -> dict:
     return response.json()
 
 
+# ------------------------------------------------------------------------ preprocessing (no Ray)
+def test_served_images_are_preprocessed_with_the_settings_the_checkpoint_records(tiny_checkpoint, tmp_path):
+    from serve.preprocessing import Preprocessor
+    from unip2.tasks import TASKS
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_checkpoint, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["task_inputs"] = {"classification": {"image_size": 64},
+                             "captioning": {"image_size": 128, "max_text_length": 20}}
+    (folder / "config.json").write_text(json.dumps(config))
+    preprocessor = Preprocessor.from_checkpoint(folder, threads=1)
+    image = scene(200, 150, 0)
+    sizes = {name: preprocessor.run(name, image)["images"].shape for name in TASKS}
+    assert sizes == {"classification": (1, 3, 64, 64), "detection": (1, 3, 96, 96),
+                     "instance_segmentation": (1, 3, 96, 96), "captioning": (1, 3, 128, 128),
+                     "retrieval": (1, 3, 96, 96)}
+
+
 # ---------------------------------------------------------------------------- health and docs
 def test_health_readiness_tasks_and_docs(base_url):
     from unip2.tasks import TASKS
@@ -79,9 +99,13 @@ def test_health_readiness_tasks_and_docs(base_url):
     assert ok(requests.get(base_url + "/healthz")) == {"status": "ok"}
     ready = ok(requests.get(base_url + "/readyz"))
     assert ready["status"] == "ready" and ready["device"] == "cpu" and ready["gallery_size"] == 8
-    tasks = ok(requests.get(base_url + "/v1/tasks"))["tasks"]
+    description = ok(requests.get(base_url + "/v1/tasks"))
+    tasks = description["tasks"]
     assert set(tasks) == set(TASKS)
     assert tasks["detection"]["endpoint"] == "/v1/detect" and len(tasks["detection"]["class_names"]) > 0
+    # The untrained checkpoint records no task settings: every task at the model's defaults.
+    assert {(t["image_size"], t["max_text_length"]) for t in tasks.values()} == {(96, 32)}
+    assert description["pixel_mean"] == [0.485, 0.456, 0.406] and len(description["pixel_std"]) == 3
     docs = requests.get(base_url + "/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
     paths = ok(requests.get(base_url + "/openapi.json"))["paths"]

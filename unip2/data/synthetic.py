@@ -2,7 +2,7 @@
 
     python -m unip2.data.synthetic --out data/shapes
     python -m unip2.data.synthetic --out data/shapes --seed 1 --train-images 200 --val-images 50 \\
-        --cls-train-per-class 10 --cls-val-per-class 4 --image-size 96
+        --cls-train-per-class 10 --cls-val-per-class 4 --flickr-images 40 --image-size 96
 
 Layout under ``--out`` (the real datasets' folder and file names, so the real readers read it):
 
@@ -12,11 +12,14 @@ Layout under ``--out`` (the real datasets' folder and file names, so the real re
     coco/dataset_coco.json                            Karpathy split file
     imagenet/train/<wnid>/<wnid>_<i>.JPEG             imagenet/val/<wnid>/ILSVRC2012_val_<k>.JPEG
     imagenet/LOC_synset_mapping.txt                   "n01011000 red circle" lines
+    flickr30k/dataset_flickr30k.json                  Karpathy split file (no filepath / cocoid, as the real one)
+    flickr30k/flickr30k-images/1000000000.jpg ...     5 captions per image, all in the ``test`` split
 
 Karpathy splits: each train2017 image is ``train`` or, with probability 0.1, ``restval`` (restval is
 training data, as in the original file); the val2017 images are shuffled and halved into ``val`` and
 ``test``. So val and test captions live in ``captions_val2017.json`` and no caption-training image is a
-val2017 image.
+val2017 image. The Flickr30k-style images are new scenes of the same world, all in the Karpathy ``test``
+split: the zero-shot retrieval benchmark (paper Table 6), which no run trains on.
 
 Every image is drawn from its own generator seeded by (seed, part, index), so the output is byte-identical
 for a seed, however it is produced. Output is written to a sibling temporary folder and renamed at the
@@ -43,7 +46,8 @@ from unip2.data.scenes import Scene, render, sample_classification_scene, sample
 from unip2.data.shapes import CATEGORIES, encode_mask
 
 # The "part" element of every per-image seed.
-_PART_COCO_TRAIN, _PART_COCO_VAL, _PART_CLS_TRAIN, _PART_CLS_VAL, _PART_KARPATHY = range(5)
+_PART_COCO_TRAIN, _PART_COCO_VAL, _PART_CLS_TRAIN, _PART_CLS_VAL, _PART_KARPATHY, _PART_FLICKR = range(6)
+_FLICKR_FIRST_NAME = 1000000000  # Flickr30k files are named by photo id, e.g. 1000092795.jpg
 _RESTVAL_FRACTION = 0.1
 _INFO = {"description": "unip2 shapes world", "version": "1.0", "year": 2017, "contributor": "unip2",
          "date_created": "2017/09/01"}
@@ -64,6 +68,8 @@ class SyntheticConfig:
     """ImageNet-style training images per category."""
     cls_val_per_class: int = 20
     """ImageNet-style validation images per category."""
+    flickr_images: int = 100
+    """Flickr30k-style images (Karpathy ``test`` split, for zero-shot retrieval); 0 = no Flickr30k folder."""
     image_size: int = 112
     """Side of the square images in pixels."""
     max_objects: int = 4
@@ -74,7 +80,7 @@ class SyntheticConfig:
     """JPEG quality of every image."""
 
     def __post_init__(self) -> None:
-        for name in ("train_images", "val_images", "cls_train_per_class", "cls_val_per_class"):
+        for name in ("train_images", "val_images", "cls_train_per_class", "cls_val_per_class", "flickr_images"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.image_size < 32:
@@ -196,6 +202,28 @@ def _write_imagenet(root: Path, config: SyntheticConfig) -> int:
     return written
 
 
+def _write_flickr30k(root: Path, config: SyntheticConfig) -> int:
+    """``flickr30k/flickr30k-images/`` + its Karpathy ``dataset_flickr30k.json``; returns the number of images."""
+    if config.flickr_images == 0:
+        return 0
+    image_dir = root / "flickr30k" / "flickr30k-images"
+    image_dir.mkdir(parents=True)
+    entries, sentence_id = [], 0
+    for index in range(config.flickr_images):
+        rng = np.random.default_rng([config.seed, _PART_FLICKR, index])
+        scene = sample_detection_scene(rng, size=config.image_size, max_objects=config.max_objects)
+        file_name = f"{_FLICKR_FIRST_NAME + index}.jpg"
+        (image_dir / file_name).write_bytes(_jpeg(render(scene, rng), config.jpeg_quality))
+        sentences = []
+        for raw in _captions(scene, config, rng):
+            sentences.append({"tokens": raw.split(), "raw": raw, "imgid": index, "sentid": sentence_id})
+            sentence_id += 1
+        entries.append({"sentids": [s["sentid"] for s in sentences], "imgid": index, "sentences": sentences,
+                        "split": "test", "filename": file_name})
+    _write_json(root / "flickr30k" / "dataset_flickr30k.json", {"images": entries, "dataset": "flickr30k"})
+    return len(entries)
+
+
 def generate(out: str | Path, config: SyntheticConfig = SyntheticConfig(), *, overwrite: bool = False) -> dict:
     """Write the shapes world under ``out``; returns a summary (counts per split, seconds)."""
     out = Path(out).resolve()
@@ -228,6 +256,7 @@ def generate(out: str | Path, config: SyntheticConfig = SyntheticConfig(), *, ov
                          "annotations": split["captions"]})
         _write_json(tmp / "coco" / "dataset_coco.json", _karpathy(splits, config))
         classification_images = _write_imagenet(tmp, config)
+        flickr_images = _write_flickr30k(tmp, config)
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
@@ -240,6 +269,7 @@ def generate(out: str | Path, config: SyntheticConfig = SyntheticConfig(), *, ov
         "coco": {folder: {"images": len(s["images"]), "objects": len(s["instances"]),
                           "captions": len(s["captions"])} for folder, s in splits.items()},
         "imagenet_images": classification_images,
+        "flickr30k_images": flickr_images,
         "seconds": round(time.perf_counter() - start, 2),
     }
 
@@ -250,8 +280,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", required=True, help="output folder (refused if it exists, unless --overwrite)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     defaults = SyntheticConfig()
-    for name in ("seed", "train_images", "val_images", "cls_train_per_class", "cls_val_per_class", "image_size",
-                 "max_objects", "captions_per_image", "jpeg_quality"):
+    for name in ("seed", "train_images", "val_images", "cls_train_per_class", "cls_val_per_class", "flickr_images",
+                 "image_size", "max_objects", "captions_per_image", "jpeg_quality"):
         parser.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name),
                             help=f"default {getattr(defaults, name)}")
     args = parser.parse_args(argv)

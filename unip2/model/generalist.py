@@ -26,10 +26,6 @@ from unip2.model.tokenizer import TextTokenizer
 # vocabulary words (captioning) and sentences vs images (retrieval).
 SCORE_FAMILIES = ("category", "vocabulary", "retrieval")
 
-# ImageNet statistics; the embedded data uses them too so a user's pretrained backbone just works.
-PIXEL_MEAN = (0.485, 0.456, 0.406)
-PIXEL_STD = (0.229, 0.224, 0.225)
-
 
 @dataclass
 class ImageEncoding:
@@ -73,8 +69,9 @@ class UniPerceiverV2(nn.Module):
         nn.init.normal_(self.token_type.weight, std=0.02)  # N(0, 1) would drown the features it tags
         self.decoder = UnifiedDecoder.from_config(config.decoder)
         self.scorer = CosineScorer.from_config(config.decoder, SCORE_FAMILIES)
-        self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(1, 3, 1, 1), persistent=False)
+        # Pixel normalization is part of the config (saved with the weights), not of each preprocessor.
+        self.register_buffer("pixel_mean", torch.tensor(config.pixel_mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(config.pixel_std).view(1, 3, 1, 1), persistent=False)
 
     @classmethod
     def from_config(cls, config: ModelConfig, tokenizer: TextTokenizer | None = None) -> "UniPerceiverV2":

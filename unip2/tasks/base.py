@@ -12,6 +12,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from unip2.config import TaskInputs
 from unip2.tasks.preprocessing import object_array
 
 # gather(x) -> (x from every worker concatenated on dim 0, offset of this worker's rows in it).
@@ -40,6 +41,9 @@ class Task:
     """Key of ``ModelConfig.class_names`` whose names are the task's candidates, if any."""
     metric: str = ""
     """Headline validation metric (a key of the task's metrics), e.g. for Tune objectives."""
+    zero_shot_splits: tuple[tuple[str, str], ...] = ()
+    """(dataset, split) pairs the task is also evaluated on, zero-shot: data no run trains on, with the
+    same rows format as ``dataset`` (e.g. retrieval on the Flickr30k test split, paper Table 6)."""
 
     # ------------------------------------------------------------------------- data (CPU, numpy)
     def preprocess(self, batch: dict[str, np.ndarray], *, image_size: int, tokenizer: Any,
@@ -95,6 +99,12 @@ class Task:
         return model.config.class_names[self.label_space]
 
 
+def input_options(settings: TaskInputs) -> dict[str, int]:
+    """A task's input settings (``ModelConfig.task_input_settings``) → the keyword options of its
+    ``preprocess`` they set. The pixel normalization is not one of them: the model applies it."""
+    return {"image_size": settings.image_size, "max_text_length": settings.max_text_length}
+
+
 def total_loss(terms: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
     """Σ weight × term, the one place loss weights are applied. Every term needs a weight."""
     missing = sorted(set(terms) - set(weights))
@@ -115,4 +125,4 @@ def image_batch(images: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.stack(list(images)).transpose(0, 3, 1, 2))
 
 
-__all__ = ["Gather", "Task", "image_batch", "image_ids", "local_gather", "object_array", "total_loss"]
+__all__ = ["Gather", "Task", "image_batch", "image_ids", "input_options", "local_gather", "object_array", "total_loss"]

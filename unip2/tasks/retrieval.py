@@ -22,6 +22,7 @@ class Retrieval(Task):
     name = "retrieval"
     dataset = "coco_captions"
     metric = "R@1"
+    zero_shot_splits = (("flickr30k", "test"),)  # the Karpathy Flickr30k 1k test, never trained on
 
     def preprocess(self, batch, *, image_size, tokenizer, train, rng, max_text_length=32):
         return preprocess_captioned_images(batch, image_size=image_size, tokenizer=tokenizer, train=train, rng=rng,
@@ -69,7 +70,7 @@ class Retrieval(Task):
         return results
 
     def embed_texts(self, model, texts: list[str]) -> torch.Tensor:
-        """Sentences → N×D, the same representation the loss trains."""
-        ids, mask = model.tokenizer.encode_batch(texts, model.config.text.max_length)
+        """Sentences → N×D, the same representation the loss trains, tokenized to the length it trained with."""
+        ids, mask = model.tokenizer.encode_batch(texts, model.config.task_input_settings(self.name).max_text_length)
         device = model.pixel_mean.device
         return self.text_features(model, torch.as_tensor(ids, device=device), torch.as_tensor(mask, device=device))
