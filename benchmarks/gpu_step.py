@@ -34,10 +34,11 @@ from tokenizers import Tokenizer
 from torch.utils.flop_counter import FlopCounterMode
 
 import unip2
+from unip2.config import TextConfig
 from unip2.data.prepare import prepare
 from unip2.data.row_reader import RowReader
 from unip2.data.synthetic import SyntheticConfig, generate
-from unip2.model.tokenizer import TextTokenizer
+from unip2.model.tokenizer import TextTokenizer, tokenizer_for
 from unip2.run_config import RunConfig, TaskRunConfig, load_run_config
 from unip2.tasks import TASKS
 from unip2.training_setup import TaskLoss, build_optimizer, compile_model
@@ -82,10 +83,11 @@ def synthetic_rows(folder: Path) -> tuple[Path, dict[str, list[str]]]:
     return folder / "parquet", manifest["class_names"]
 
 
-def padded_tokenizer(vocab_size: int) -> TextTokenizer:
-    """unip2's tokenizer with unused tokens appended up to ``vocab_size`` rows (captioning scores them all)."""
-    backend = Tokenizer.from_str(TextTokenizer.from_file(None).to_json())
-    missing = vocab_size - backend.get_vocab_size(with_added_tokens=True)
+def padded_tokenizer(text: TextConfig) -> TextTokenizer:
+    """The text config's tokenizer with unused tokens appended up to ``text.vocab_size`` rows (captioning
+    scores them all)."""
+    backend = Tokenizer.from_str(tokenizer_for(text).to_json())
+    missing = text.vocab_size - backend.get_vocab_size(with_added_tokens=True)
     if missing > 0:
         backend.add_tokens([f"<unused{i}>" for i in range(missing)])
     return TextTokenizer(tokenizer=backend)
@@ -100,8 +102,7 @@ def build(run: RunConfig, manifest_names: dict[str, list[str]], *, real_sizes: b
             known = names.get(space, [])
             names[space] = known + [f"object kind {i}" for i in range(size - len(known))]
     config.class_names = names
-    tokenizer = padded_tokenizer(config.text.vocab_size) if real_sizes else TextTokenizer.from_file(
-        config.text.tokenizer_path)
+    tokenizer = padded_tokenizer(config.text) if real_sizes else tokenizer_for(config.text)
     torch.manual_seed(0)
     return unip2.build_model(config, tokenizer)
 

@@ -1,4 +1,5 @@
-"""Everything a run checks and resolves before Ray Train starts: config, data, class names, run folder."""
+"""Everything a run checks and resolves before Ray Train starts: config, data, class names, the caption
+vocabulary, run folder."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ import pyarrow.parquet as pq
 from pipelines import ray_runtime
 from unip2 import config_io
 from unip2.config_io import ConfigError
+from unip2.data.caption_vocabulary import training_caption_token_ids
 from unip2.data.embedded import ensure_embedded_data
 from unip2.data.manifest import load_manifest, split_files
 from unip2.data.parquet_schema import SCHEMAS
+from unip2.model.tokenizer import tokenizer_for
 from unip2.run_config import RunConfig, load_run_config
 from unip2.tasks import TASKS
 
@@ -63,6 +66,19 @@ def check_data(run: RunConfig, manifest: dict, root: Path) -> None:
             raise ConfigError(f"model.class_names.{space}", f"no class names for the {task} task")
 
 
+def resolve_caption_vocabulary(run: RunConfig, root: Path, manifest: dict) -> None:
+    """Under ``model.tasks.caption_vocabulary: training_captions``, fill ``caption_token_ids`` from the
+    training captions of the captioning dataset, once: a resumed run keeps the ids it saved."""
+    options = run.model.tasks
+    if options.caption_vocabulary != "training_captions" or options.caption_token_ids:
+        return
+    datasets = run.train_datasets("captioning") if "captioning" in run.tasks else [TASKS["captioning"].dataset]
+    if train_rows(manifest, datasets) == 0:
+        raise ConfigError("model.tasks.caption_vocabulary", f"training_captions needs training captions, and "
+                                                            f"{' + '.join(datasets)} has no 'train' rows")
+    options.caption_token_ids = training_caption_token_ids(root, datasets, tokenizer_for(run.model.text))
+
+
 def prepare_run(config_path: str | None, overrides: list[str], *, out: str | None = None,
                 address: str | None = None) -> tuple[RunConfig, Path, Path]:
     """Load and validate the config, connect to Ray, make the data ready → (run, run folder, data root)."""
@@ -76,6 +92,7 @@ def prepare_run(config_path: str | None, overrides: list[str], *, out: str | Non
         run.model.class_names = {k: list(v) for k, v in manifest["class_names"].items()}
     config_io.validate(run)
     check_data(run, manifest, root)
+    resolve_caption_vocabulary(run, root, manifest)
     run.out = str(out_dir)
     run.data.root = str(root)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ from pipelines.run_setup import train_rows
 from pipelines.train_loop import LoopHooks, train_loop_per_worker
 from unip2 import config_io
 from unip2.data.manifest import load_manifest
-from unip2.model.tokenizer import TextTokenizer
+from unip2.model.tokenizer import tokenizer_for
 from unip2.run_config import RunConfig
 from unip2.tasks.base import input_options
 
@@ -32,7 +32,7 @@ def stream_spec(run: RunConfig, data_root: Path) -> dict:
             "inputs": {t: input_options(model.task_input_settings(t)) for t in tasks},
             "num_workers": run.scale.num_workers, "total_steps": run.train.steps, "seed": run.train.seed,
             "mode": run.train.sampling, "window": run.data.shuffle_window,
-            "tokenizer_json": TextTokenizer.from_file(run.model.text.tokenizer_path).to_json()}
+            "tokenizer_json": tokenizer_for(run.model.text).to_json()}
 
 
 def worker_count(run: RunConfig) -> int | tuple[int, int]:

@@ -25,7 +25,7 @@ def build_model(config: ModelConfig, tokenizer=None):
 
 
 def save(model, directory):
-    """Save a model as a directory of safetensors weights, config.json and tokenizer.json."""
+    """Save a model as a directory: safetensors weights, config.json, tokenizer.json, text_encoder_config.json."""
     from unip2.persistence import save as _save
 
     return _save(model, directory)

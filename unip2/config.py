@@ -8,6 +8,7 @@ on its own.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from unip2.config_io import require
 
@@ -116,26 +117,39 @@ class TokenConfig:
 
 @dataclass
 class TextConfig:
-    """RoBERTa-style text encoder (built from a transformers config, random init) and its tokenizer."""
+    """Text encoder (a transformers RoBERTa- or BERT-family model) and its tokenizer.
 
+    Random init from the sizes below, or a pretrained transformers directory (``pretrained_path``) whose
+    config.json then gives the family and sizes; a saved model records the ones it was built with.
+    """
+
+    architecture: Literal["roberta", "bert", "xlm-roberta", "camembert"] = "roberta"
+    """Encoder family (transformers ``model_type``) of a randomly initialized encoder: RoBERTa's number
+    positions from pad_id + 1, BERT's from 0. A pretrained directory brings its own; a saved model records
+    the family it was built with (checkpoints without this field are RoBERTa)."""
     vocab_size: int = 50265
-    """Embedding rows; must be >= the tokenizer's vocabulary size."""
+    """Embedding rows of a randomly initialized encoder; must be >= the tokenizer's vocabulary size."""
     hidden_size: int = 768
-    """Text encoder width."""
+    """Text encoder width (random init; a pretrained directory brings its own)."""
     num_layers: int = 12
-    """Text encoder layers."""
+    """Text encoder layers (random init; a pretrained directory brings its own)."""
     num_heads: int = 12
-    """Text encoder attention heads."""
+    """Text encoder attention heads (random init; a pretrained directory brings its own)."""
     intermediate_size: int = 3072
-    """Text encoder feed-forward width."""
+    """Text encoder feed-forward width (random init; a pretrained directory brings its own)."""
     max_length: int = 64
-    """Longest tokenized text (captions are truncated to it, special tokens included)."""
+    """Longest tokenized text (captions are truncated to it, special tokens included); must fit the
+    encoder's position rows."""
     dropout: float = 0.1
     """Dropout of the randomly initialized text encoder (a pretrained one keeps its own)."""
     pretrained_path: str | None = None
-    """Local directory of a pretrained RoBERTa-style model (transformers format); None = random init."""
+    """Local transformers directory of a pretrained RoBERTa- or BERT-family model (e.g. a downloaded
+    ``roberta-base``, ``bert-base-uncased`` or MiniLM): a base model or a ``*ForMaskedLM`` checkpoint. Built
+    as its own architecture; every encoder tensor must be in it. Its tokenizer comes along unless
+    ``tokenizer_path`` names another. None = random init from the fields above."""
     tokenizer_path: str | None = None
-    """A ``tokenizers`` JSON file; None = the byte-level BPE tokenizer shipped with unip2."""
+    """A ``tokenizers`` JSON file or a transformers directory holding a tokenizer; None = the tokenizer of
+    ``pretrained_path``, or without one the byte-level BPE tokenizer shipped with unip2."""
 
     def validate(self, prefix: str = "") -> None:
         for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size"):
@@ -192,6 +206,20 @@ class TaskOptions:
     """Longest generated caption, in tokens."""
     caption_beam_size: int = 1
     """Default beam size for caption decoding (1 = greedy)."""
+    caption_vocabulary: Literal["full", "training_captions"] = "full"
+    """Captioning's candidate words, each encoded by the text encoder and g at every training step and
+    scored at every position. ``full``: every token of the tokenizer (50,265 for roberta-base);
+    ``training_captions``: only the tokens that occur in the training captions, plus the end token
+    (``caption_token_ids``, found when a training run starts), so no other token is ever generated.
+    Measured with BASE's text encoder and decoder (vocabulary encoding + scoring, forward + backward, batch
+    2 × 20 tokens, one CPU thread): each candidate costs 1.02 GFLOP, ~6 ms and ~1.5 MB of peak memory, so
+    all 50,265 tokens take ~77 GB and ~5 min a captioning step, 10,000 tokens ~16 GB and ~1 min
+    (``benchmarks/caption_vocabulary.py``, docs/benchmarks.md)."""
+    caption_token_ids: list[int] = field(default_factory=list)
+    """The candidate token ids under ``caption_vocabulary: training_captions``: a training run fills them from
+    its training captions (``unip2.data.caption_vocabulary``) and they are saved with the model, so
+    inference scores the same set. Empty under ``full``. A target token outside them (captions of other
+    data) is left out of the captioning loss."""
     detection_max_per_image: int = 100
     """Detections kept per image after scoring (objectness × class probability)."""
     detection_category_weight: float = 2.0
@@ -203,6 +231,11 @@ class TaskOptions:
         require(0 <= self.caption_label_smoothing < 1, prefix + "caption_label_smoothing", "must be in [0, 1)")
         require(self.caption_max_length >= 2, prefix + "caption_max_length", "must be >= 2")
         require(self.caption_beam_size >= 1, prefix + "caption_beam_size", "must be >= 1")
+        require(self.caption_vocabulary == "training_captions" or not self.caption_token_ids,
+                prefix + "caption_token_ids", "only used with caption_vocabulary: training_captions")
+        require(len(set(self.caption_token_ids)) == len(self.caption_token_ids)
+                and all(i >= 0 for i in self.caption_token_ids), prefix + "caption_token_ids",
+                "must be distinct token ids >= 0")
         require(self.detection_max_per_image >= 1, prefix + "detection_max_per_image", "must be >= 1")
         require(self.detection_category_weight >= 0, prefix + "detection_category_weight", "must be >= 0")
 

@@ -1,11 +1,17 @@
-"""Save and load a model as a directory: ``model.safetensors``, ``config.json``, ``tokenizer.json``.
+"""Save and load a model as a directory: ``model.safetensors``, ``config.json``, ``tokenizer.json`` and
+``text_encoder_config.json``.
 
-The directory alone rebuilds the model: no pickle is ever loaded, no other input is needed.
+The directory alone rebuilds the model: no pickle is ever loaded, no other input is needed. A pretrained
+text encoder's directory is not read again: ``text_encoder_config.json`` (transformers' config of the
+encoder as built, e.g. a BERT from ``text.pretrained_path``) rebuilds its architecture, and ``config.json``
+records its family and sizes in ``text``. A checkpoint without that file (older ones) rebuilds a RoBERTa
+from ``config.json``'s ``text`` sizes.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import torch
@@ -17,6 +23,7 @@ from unip2.model.generalist import UniPerceiverV2
 from unip2.model.tokenizer import TextTokenizer
 
 WEIGHTS, CONFIG, TOKENIZER = "model.safetensors", "config.json", "tokenizer.json"
+TEXT_ENCODER_CONFIG = "text_encoder_config.json"  # optional: checkpoints written before it rebuild a RoBERTa
 
 
 def build_model(config: ModelConfig, tokenizer: TextTokenizer | None = None) -> UniPerceiverV2:
@@ -30,8 +37,10 @@ def save(model: UniPerceiverV2, directory: str | Path) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     save_model(model, str(directory / WEIGHTS))
-    config_io.save(model.config, directory / CONFIG)
+    text = model.text_encoder.described(model.config.text)
+    config_io.save(dataclasses.replace(model.config, text=text), directory / CONFIG)
     (directory / TOKENIZER).write_text(model.tokenizer.to_json())
+    (directory / TEXT_ENCODER_CONFIG).write_text(json.dumps(model.text_encoder.saved_config(), indent=2))
     return directory
 
 
@@ -57,7 +66,9 @@ def load(directory: str | Path, *, device: str | torch.device = "cpu") -> UniPer
         text=dataclasses.replace(config.text, pretrained_path=None, tokenizer_path=None),
     )
     tokenizer = TextTokenizer.from_json((directory / TOKENIZER).read_text())
-    model = UniPerceiverV2.from_config(config, tokenizer)
+    saved_text_encoder = directory / TEXT_ENCODER_CONFIG
+    text_encoder_config = json.loads(saved_text_encoder.read_text()) if saved_text_encoder.is_file() else None
+    model = UniPerceiverV2.from_config(config, tokenizer, text_encoder_config=text_encoder_config)
     load_model(model, str(directory / WEIGHTS), device=str(device))
     return model.to(device)
 

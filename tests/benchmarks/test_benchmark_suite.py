@@ -8,7 +8,8 @@ import textwrap
 
 import pytest
 
-from benchmarks import data_ingest, default_run, flops, optimizer_step, run_all, train_overhead, tune_overhead
+from benchmarks import (caption_vocabulary, data_ingest, default_run, flops, optimizer_step, run_all,
+                        train_overhead, tune_overhead)
 from benchmarks.results_table import goal_met, markdown_table, result, write_results
 
 ROW_KEYS = {"key", "measure", "ours", "baseline", "ratio", "goal", "unit", "met", "details"}
@@ -27,6 +28,21 @@ def test_optimizer_step_times_both_optimizers():
     assert row["ratio"] == row["ours"] / row["baseline"]
     assert len(row["details"]["blocks_ms"]["ours"]) == 2
     assert row["details"]["tensors"] > 100  # every parameter tensor of the tiny model
+
+
+def test_caption_vocabulary_measures_each_size_and_fits_the_rest():
+    rows = caption_vocabulary.run(candidates=[4, 8], restricted=8, full=40, preset="tiny", repeats=1)
+    assert [row["key"] for row in rows] == list(caption_vocabulary.KEYS)
+    for row in rows:
+        assert set(row) == ROW_KEYS and row["goal"] == "reported" and row["ours"] > 0 and row["baseline"] > 0
+        details = row["details"]
+        assert [p["candidates"] for p in details["measured"]] == [4, 8] and details["preset"] == "tiny"
+        assert details["restricted_measured"] and not details["full_measured"]  # 8 measured, 40 from the line
+        field = "time_s" if row["unit"] == "s" else "peak_mb"
+        assert row["ours"] == details["measured"][1][field]
+        assert math.isclose(row["baseline"], details["fixed"] + 40 * details["per_candidate"])
+    assert all(p["saved_mb"] > 0 for p in rows[0]["details"]["measured"])
+    assert caption_vocabulary.line([{"candidates": 1, "y": 3.0}, {"candidates": 3, "y": 7.0}], "y") == (1.0, 2.0)
 
 
 def test_flops_counts_every_task(embedded_data):

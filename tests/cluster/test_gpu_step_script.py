@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import unip2
+from unip2.config import TextConfig
 from unip2.model.tokenizer import TextTokenizer
 from unip2.tasks import TASKS
 
@@ -55,7 +56,7 @@ def test_unknown_task_and_missing_cuda_are_refused(capsys):
 
 def test_real_sizes_pad_the_vocabulary_and_label_spaces():
     script = load_script()
-    tokenizer = script.padded_tokenizer(600)
+    tokenizer = script.padded_tokenizer(TextConfig(vocab_size=600))
     plain = TextTokenizer.from_file(None)
     assert tokenizer.vocab_size == 600 > plain.vocab_size
     ids, _ = tokenizer.encode_batch(["a small red circle"], max_length=16)

@@ -20,7 +20,7 @@ from unip2.model.moe import ATTRIBUTES, attribute_vector
 from unip2.model.proposals import RegionProposalNetwork
 from unip2.model.similarity import CosineScorer
 from unip2.model.text_encoder import TextEncoder
-from unip2.model.tokenizer import TextTokenizer
+from unip2.model.tokenizer import TextTokenizer, tokenizer_for
 
 # Task families share a temperature: category names (classification, detection, segmentation),
 # vocabulary words (captioning) and sentences vs images (retrieval).
@@ -45,14 +45,31 @@ class ImageEncoding:
     global_tokens: torch.Tensor | None
 
 
+def caption_candidates(config: ModelConfig, tokenizer: TextTokenizer) -> torch.Tensor:
+    """Captioning's candidate token ids (K, sorted): the whole vocabulary, or ``tasks.caption_token_ids``."""
+    options = config.tasks
+    if options.caption_vocabulary == "full":
+        return torch.arange(tokenizer.vocab_size)
+    ids = sorted(options.caption_token_ids)
+    if not ids:
+        raise ValueError("tasks.caption_token_ids: empty under caption_vocabulary: training_captions; a training "
+                         "run fills it from its training captions (unip2.data.caption_vocabulary)")
+    if ids[-1] >= tokenizer.vocab_size:
+        raise ValueError(f"tasks.caption_token_ids: id {ids[-1]} is outside the tokenizer's {tokenizer.vocab_size} "
+                         "tokens")
+    if tokenizer.eos_id not in ids:
+        raise ValueError(f"tasks.caption_token_ids: the end token (id {tokenizer.eos_id}) is missing, so no caption "
+                         "could end")
+    return torch.tensor(ids, dtype=torch.long)
+
+
 class UniPerceiverV2(nn.Module):
     """Shared encoders, decoder and scorer of Uni-Perceiver v2."""
 
-    def __init__(self, *, config: ModelConfig, tokenizer: TextTokenizer):
+    def __init__(self, *, config: ModelConfig, tokenizer: TextTokenizer, text_encoder_config: dict | None = None):
+        """``text_encoder_config``: the transformers config a saved model recorded (``unip2.load`` passes
+        it); it builds the text encoder's architecture instead of ``config.text``'s sizes or directory."""
         super().__init__()
-        if tokenizer.vocab_size > config.text.vocab_size:
-            raise ValueError(f"text.vocab_size: {config.text.vocab_size} is smaller than the tokenizer's "
-                             f"vocabulary ({tokenizer.vocab_size})")
         self.config = config
         self.tokenizer = tokenizer
         width = config.decoder.width
@@ -63,7 +80,13 @@ class UniPerceiverV2(nn.Module):
         self.global_tokens = GlobalTokens(in_channels=self.backbone.channels[-1], width=width,
                                           num_pools=config.tokens.num_attention_pools,
                                           num_heads=config.decoder.num_heads)
-        self.text_encoder = TextEncoder.from_config(config.text, width, tokenizer)
+        self.text_encoder = TextEncoder.from_config(config.text, width, tokenizer, saved_config=text_encoder_config)
+        # Captioning's candidate tokens (K) and each vocabulary id's index among them (-100: not a candidate).
+        candidates = caption_candidates(config, tokenizer)
+        index = torch.full((tokenizer.vocab_size,), -100, dtype=torch.long)
+        index[candidates] = torch.arange(len(candidates))
+        self.register_buffer("vocabulary_ids", candidates, persistent=False)
+        self.register_buffer("vocabulary_index", index, persistent=False)
         # Which stream a token came from; the MoE gate sees it too, through the attributes.
         self.token_type = nn.Embedding(3, width)  # 0 regional, 1 global, 2 text
         nn.init.normal_(self.token_type.weight, std=0.02)  # N(0, 1) would drown the features it tags
@@ -74,9 +97,11 @@ class UniPerceiverV2(nn.Module):
         self.register_buffer("pixel_std", torch.tensor(config.pixel_std).view(1, 3, 1, 1), persistent=False)
 
     @classmethod
-    def from_config(cls, config: ModelConfig, tokenizer: TextTokenizer | None = None) -> "UniPerceiverV2":
-        tokenizer = tokenizer or TextTokenizer.from_file(config.text.tokenizer_path)
-        return cls(config=config, tokenizer=tokenizer)
+    def from_config(cls, config: ModelConfig, tokenizer: TextTokenizer | None = None, *,
+                    text_encoder_config: dict | None = None) -> "UniPerceiverV2":
+        """The tokenizer defaults to the text config's (``tokenizer_for``)."""
+        return cls(config=config, tokenizer=tokenizer or tokenizer_for(config.text),
+                   text_encoder_config=text_encoder_config)
 
     # ----------------------------------------------------------------------------------- encoders
     def encode_image(self, images: torch.Tensor, *, need_global: bool = True) -> ImageEncoding:
@@ -170,14 +195,13 @@ class UniPerceiverV2(nn.Module):
         return self.decode(tokens, attributes, padding_mask=mask == 0)["spe"]
 
     def encode_vocabulary(self, **task_flags: bool) -> torch.Tensor:
-        """Every vocabulary token as its own one-token text → V×D candidates for captioning; cached at inference."""
+        """Every candidate token (``vocabulary_ids``: the whole vocabulary, or the training captions' tokens)
+        as its own one-token text → K×D candidates for captioning; cached at inference."""
         key = ("vocabulary", tuple(sorted(task_flags.items())))
         return self._cached(key, lambda: self._encode_vocabulary(**task_flags))
 
     def _encode_vocabulary(self, **task_flags: bool) -> torch.Tensor:
-        device = self.pixel_mean.device
-        vocab = self.tokenizer.vocab_size
-        ids = torch.arange(vocab, device=device).unsqueeze(1)  # V×1
+        ids = self.vocabulary_ids.unsqueeze(1)  # K×1
         mask = torch.ones_like(ids)
         tokens = self.encode_text(ids, mask)
         attributes = self.attributes(tokens, token_text=True, **task_flags)

@@ -1,4 +1,5 @@
-"""Byte-level BPE tokenizer (RoBERTa-style special tokens) built with ``tokenizers``, and its training CLI.
+"""The text tokenizer: a ``tokenizers.Tokenizer`` with batch encoding, the one place a ``TextConfig``'s
+tokenizer is found (``tokenizer_for``), and the training CLI of the byte-level BPE shipped with unip2.
 
     python -m unip2.model.tokenizer --data data/shapes --vocab-size 512 --out unip2/assets/tokenizer.json
 
@@ -11,15 +12,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
+from unip2.config import TextConfig
+
 SPECIAL_TOKENS = ("<s>", "<pad>", "</s>", "<unk>", "<mask>")  # ids 0..4, as in RoBERTa
 DEFAULT_PATH = Path(__file__).resolve().parents[1] / "assets" / "tokenizer.json"
-# Accepted names per role, so a user's BERT-style tokenizer file also works.
+# Accepted names per role: RoBERTa's and BERT's. bos starts every encoded text and a generated caption,
+# eos ends them (BERT's [CLS] and [SEP] play those parts).
 _ROLE_NAMES = {"pad": ("<pad>", "[PAD]"), "bos": ("<s>", "[CLS]"), "eos": ("</s>", "[SEP]")}
 
 
@@ -63,7 +68,41 @@ class TextTokenizer:
         path = Path(path) if path is not None else DEFAULT_PATH
         if not path.is_file():
             raise FileNotFoundError(f"tokenizer file not found: {path}")
-        return cls(tokenizer=Tokenizer.from_file(str(path)))
+        try:
+            backend = Tokenizer.from_file(str(path))
+        except Exception as err:  # tokenizers raises a bare Exception for a file it cannot parse
+            raise ValueError(f"{path} is not a `tokenizers` JSON file: {err}") from err
+        return cls(tokenizer=backend)
+
+    @classmethod
+    def from_transformers(cls, path: str | Path, field: str = "text.tokenizer_path") -> "TextTokenizer":
+        """The tokenizer of a local transformers directory, loaded by transformers' own loader
+        (``AutoTokenizer``, local files only: ``tokenizer.json``, or a BERT ``vocab.txt`` it converts).
+
+        Its pad, bos (``cls``) and eos (``sep``) tokens must be the ones this class finds by name.
+        """
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from transformers import AutoTokenizer  # here: importing transformers costs seconds
+
+        try:
+            loaded = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        except (OSError, ValueError, KeyError) as err:
+            raise ValueError(f"{field}: no tokenizer loads from {path}: {err}") from err
+        backend = getattr(loaded, "backend_tokenizer", None)
+        if not isinstance(backend, Tokenizer):
+            raise ValueError(f"{field}: the tokenizer in {path} ({type(loaded).__name__}) has no `tokenizers` "
+                             "backend")
+        tokenizer = cls(tokenizer=Tokenizer.from_str(backend.to_str()))
+        declared = {"pad": loaded.pad_token_id,
+                    "bos": loaded.cls_token_id if loaded.cls_token_id is not None else loaded.bos_token_id,
+                    "eos": loaded.sep_token_id if loaded.sep_token_id is not None else loaded.eos_token_id}
+        for role, token_id in declared.items():
+            if token_id is not None and token_id != getattr(tokenizer, f"{role}_id"):
+                raise ValueError(f"{field}: the tokenizer in {path} declares {role} id {token_id} but its "
+                                 f"{'/'.join(_ROLE_NAMES[role])} token has id {getattr(tokenizer, f'{role}_id')}")
+        if tokenizer.vocab_size <= len(tokenizer.special_ids):
+            raise ValueError(f"{field}: the tokenizer in {path} has no tokens besides its special ones")
+        return tokenizer
 
     @classmethod
     def from_json(cls, text: str) -> "TextTokenizer":
@@ -117,6 +156,15 @@ class TextTokenizer:
             mask[row, :len(encoding.ids)] = 1
         return ids, mask
 
+    def token_ids_of(self, texts: Iterable[str], batch_size: int = 4096) -> set[int]:
+        """Ids of every token of ``texts``, special tokens not added."""
+        ids: set[int] = set()
+        texts = iter(texts)
+        while batch := [text for _, text in zip(range(batch_size), texts)]:
+            for encoding in self._tokenizer.encode_batch(batch, add_special_tokens=False):
+                ids.update(encoding.ids)
+        return ids
+
     def decode(self, ids: Sequence[int] | np.ndarray) -> str:
         """Token ids (1-D list, array or tensor) → text, special tokens skipped."""
         ids = [int(i) for i in ids]
@@ -124,6 +172,22 @@ class TextTokenizer:
 
     def decode_batch(self, ids: Iterable[Sequence[int]]) -> list[str]:
         return [self.decode(row) for row in ids]
+
+
+def tokenizer_for(text: TextConfig) -> TextTokenizer:
+    """The tokenizer of a text config: ``tokenizer_path`` (a ``tokenizers`` JSON file or a transformers
+    directory), else the one in ``pretrained_path``'s directory, else the byte-level BPE shipped with unip2."""
+    if text.tokenizer_path is not None:
+        path, field = Path(text.tokenizer_path), "text.tokenizer_path"
+    elif text.pretrained_path is not None:
+        path, field = Path(text.pretrained_path), "text.pretrained_path"
+    else:
+        return TextTokenizer.from_file(None)
+    if path.is_file():
+        return TextTokenizer.from_file(path)
+    if path.is_dir():
+        return TextTokenizer.from_transformers(path, field)
+    raise FileNotFoundError(f"{field}: no such file or directory: {path}")
 
 
 def training_texts(data_dir: str | Path) -> list[str]:

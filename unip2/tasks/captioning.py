@@ -1,7 +1,9 @@
-"""Image captioning: image tokens + previous words → next word scored against the whole vocabulary.
+"""Image captioning: image tokens + previous words → next word scored against the candidate vocabulary.
 
-Training is teacher-forced over every position in one pass: the text stream is causal (text token i
-sees the image and text tokens ≤ i) in both the text encoder and the shared decoder.
+The candidates are the model's ``vocabulary_ids``: the tokenizer's whole vocabulary, or the tokens of the
+training captions (``tasks.caption_vocabulary``). Training is teacher-forced over every position in one
+pass: the text stream is causal (text token i sees the image and text tokens ≤ i) in both the text
+encoder and the shared decoder.
 """
 
 from __future__ import annotations
@@ -50,8 +52,9 @@ class Captioning(Task):
         encoding = model.encode_image(batch["images"])
         image_tokens, image_attributes = model.image_sequence(encoding, **TASK_FLAGS)
         features = self.next_word_features(model, image_tokens, image_attributes, ids[:, :-1], mask[:, :-1])
-        logits = model.score(features, self.vocabulary(model), "vocabulary")  # B×(L-1)×V
-        targets = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
+        logits = model.score(features, self.vocabulary(model), "vocabulary")  # B×(L-1)×K
+        # Token ids → their index among the K candidates (-100, left out, for a token that is none).
+        targets = model.vocabulary_index[ids[:, 1:]].masked_fill(mask[:, 1:] == 0, -100)
         smoothing = model.config.tasks.caption_label_smoothing
         loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100,
                                label_smoothing=smoothing)
@@ -71,9 +74,12 @@ class Captioning(Task):
         vocabulary = self.vocabulary(model)
 
         def step(prefixes: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+            """N×t token-id prefixes → N×V log-probabilities over token ids (-inf for non-candidates)."""
             mask = torch.ones_like(prefixes)
             features = self.next_word_features(model, image_tokens[rows], image_attributes[rows], prefixes, mask)
-            return model.score(features[:, -1], vocabulary, "vocabulary").float().log_softmax(-1)
+            log_probs = model.score(features[:, -1], vocabulary, "vocabulary").float().log_softmax(-1)  # N×K
+            by_token = log_probs.new_full((log_probs.shape[0], tokenizer.vocab_size), float("-inf"))
+            return by_token.index_copy_(1, model.vocabulary_ids, log_probs)
 
         banned = tuple(i for i in tokenizer.special_ids if i != tokenizer.eos_id)
         beams = beam_search(step, batch_size=image_tokens.shape[0], bos_id=tokenizer.bos_id,
