@@ -85,7 +85,7 @@ def test_a_training_checkpoint_and_the_final_folder_both_record_their_data(train
     assert training_data_root(training_checkpoint / "model") == embedded_data  # the run config one folder up
     final = export_model(training_checkpoint, tmp_path / "run" / "checkpoint")
     assert sorted(p.name for p in final.iterdir()) == ["config.json", "model.safetensors", "run_config.yaml",
-                                                       "tokenizer.json"]
+                                                       "text_encoder_config.json", "tokenizer.json"]
     assert training_data_root(final) == embedded_data and unip2.load(final).config == plan.config
 
 
