@@ -23,6 +23,7 @@ from unip2.data.row_reader import RowReader
 from unip2.model.tokenizer import TextTokenizer
 from unip2.sampling import TrainingPlan
 from unip2.tasks import TASKS
+from unip2.tasks.preprocessing import UndecodableImage
 
 
 def plan_for(spec: dict) -> TrainingPlan:
@@ -54,20 +55,9 @@ class StepBatchLoader:
         raw = self.readers[task_name].read(rows)
         options = dict(**self.spec["inputs"][task_name], tokenizer=self.tokenizer, train=True)
         rng = np.random.default_rng([self.spec["seed"], 15485863, step, self.rank])
-        skipped: Counter = Counter()
-        try:
-            batch = task.preprocess(raw, rng=rng, **options)
-        except ValueError:
-            # Some row is bad: keep the good ones, count the rest (the step still trains).
-            keep = []
-            for index in range(len(rows)):
-                try:
-                    task.preprocess({k: v[index:index + 1] for k, v in raw.items()}, rng=rng, **options)
-                    keep.append(index)
-                except ValueError as err:
-                    skipped[str(err).split(":")[0]] += 1
-            raw = {k: [v[i] for i in keep] for k, v in raw.items()}
-            batch = task.preprocess(raw, rng=rng, **options) if keep else None
+        # A bad image drops its row (counted); the step trains on the others.
+        batch, _, dropped = task.preprocess_decodable(raw, rng=rng, **options)
+        skipped = Counter(UndecodableImage.reason for _ in dropped)
         return {"step": step, "task": task_name, "batch": batch, "skipped": dict(skipped)}
 
 

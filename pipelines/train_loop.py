@@ -57,7 +57,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     if not on_gpu:
         torch.set_num_threads(run.scale.threads_per_worker)
     torch.manual_seed(run.train.seed)  # the same initial weights on every rank
-    model = unip2.build_model(run.model_config(), TextTokenizer.from_json(spec["tokenizer_json"])).to(device)
+    model = unip2.build_model(run.model, TextTokenizer.from_json(spec["tokenizer_json"])).to(device)
     if run.train.compile:
         compile_model(model)
     optimizer = build_optimizer(model, name=run.optim.name, lr=run.optim.lr, betas=run.optim.betas,

@@ -24,12 +24,11 @@ def stream_spec(run: RunConfig, data_root: Path) -> dict:
     manifest = load_manifest(data_root)
     ratios = run.sampling_ratios()
     tasks = list(run.tasks)
-    model = run.model_config()
     return {"data_root": str(data_root), "tasks": tasks, "ratios": [ratios[t] for t in tasks],
             "batch_sizes": {t: run.tasks[t].batch_size for t in tasks},
             "datasets": {t: run.train_datasets(t) for t in tasks},
             "num_rows": {t: train_rows(manifest, run.train_datasets(t)) for t in tasks},
-            "inputs": {t: input_options(model.task_input_settings(t)) for t in tasks},
+            "inputs": {t: input_options(run.model.task_input_settings(t)) for t in tasks},
             "num_workers": run.scale.num_workers, "total_steps": run.train.steps, "seed": run.train.seed,
             "mode": run.train.sampling, "window": run.data.shuffle_window,
             "tokenizer_json": tokenizer_for(run.model.text).to_json()}

@@ -16,7 +16,6 @@ from pipelines.evaluate import main
 from pipelines.evaluation import ClassNamesMismatch, Evaluation, plan_evaluation, read_class_names
 from pipelines.train_checkpoint import export_model, training_data_root
 from unip2 import config_io
-from unip2.config import TaskInputConfig
 from unip2.data.manifest import read_rows
 from unip2.run_config import load_run_config
 from unip2.tasks import TASKS
@@ -39,8 +38,8 @@ def training_checkpoint(tiny_config, embedded_data, tmp_path_factory):
     folder = tmp_path_factory.mktemp("training") / "checkpoint_0000010"
     config = unip2.preset("tiny")
     config.class_names = dict(tiny_config.class_names)
-    config.task_inputs = {"classification": TaskInputConfig(image_size=64, max_text_length=16),
-                          "retrieval": TaskInputConfig(image_size=128, max_text_length=16)}
+    for name, size in (("classification", 64), ("retrieval", 128)):
+        config.tasks[name].image_size, config.tasks[name].max_text_length = size, 16
     torch.manual_seed(0)
     unip2.save(unip2.build_model(config), folder / "model")
     run = load_run_config(overrides=[f"data.root={embedded_data}"])
@@ -85,7 +84,7 @@ def test_a_training_checkpoint_and_the_final_folder_both_record_their_data(train
     assert training_data_root(training_checkpoint / "model") == embedded_data  # the run config one folder up
     final = export_model(training_checkpoint, tmp_path / "run" / "checkpoint")
     assert sorted(p.name for p in final.iterdir()) == ["config.json", "model.safetensors", "run_config.yaml",
-                                                       "tokenizer.json"]
+                                                       "text_encoder_config.json", "tokenizer.json"]
     assert training_data_root(final) == embedded_data and unip2.load(final).config == plan.config
 
 
