@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from unip2 import config_io
-from unip2.config import ModelConfig
+from unip2.config import ModelConfig, default_task_options
 from unip2.model.generalist import UniPerceiverV2
 from unip2.model.tokenizer import TextTokenizer
 
@@ -55,6 +55,8 @@ def load_config(directory: str | Path) -> ModelConfig:
     data = upgrade_legacy_config(config_io.read_mapping(directory / CONFIG))
     config = config_io.from_dict(ModelConfig, data)
     config_io.validate(config)
+    # A task registered after the model was saved takes its default options.
+    config.tasks = {name: config.task_options(name) for name in default_task_options()} | config.tasks
     return config
 
 
