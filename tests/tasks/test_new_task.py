@@ -17,8 +17,8 @@ import torch.nn.functional as F
 import unip2
 from pipelines.batch_predictor import BatchPredictor, decode_predictions, to_row_schema
 from pipelines.evaluation import plan_evaluation
-from pipelines.step_stream import StepBatchLoader, plan_for
-from pipelines.trainer import stream_spec
+from pipelines.step_stream import StepBatchLoader
+from pipelines.stream_spec import StreamSpec
 from unip2.config import TaskOptions
 from unip2.data.manifest import load_manifest, read_table
 from unip2.run_config import load_run_config
@@ -104,9 +104,9 @@ def test_a_task_defined_in_one_file_trains_evaluates_and_is_saved(registered, em
     assert run.model.tasks["image_text_match"] == MatchOptions(shuffle_weight=0.5)
 
     # Training: the run's plan draws the task, the data stream prepares its rows, the training step trains it.
-    spec = stream_spec(run, embedded_data)
+    spec = StreamSpec.of(run, embedded_data)
     loader = StepBatchLoader(spec, rank=0)
-    steps = [s for s in range(run.train.steps) if plan_for(spec).rows_at(s, 0)[0] == "image_text_match"]
+    steps = [s for s in range(run.train.steps) if spec.plan().rows_at(s, 0)[0] == "image_text_match"]
     assert steps
     torch.manual_seed(0)
     model = unip2.build_model(run.model, loader.tokenizer)
