@@ -1,4 +1,4 @@
-"""Cost of captioning's candidate vocabulary: a restricted set (``tasks.caption_vocabulary: training_captions``)
+"""Cost of captioning's candidate vocabulary: a restricted set (``tasks.captioning.vocabulary: training_captions``)
 against every token of a 50,265-token RoBERTa vocabulary, with BASE's decoder and text encoder.
 
     python benchmarks/caption_vocabulary.py                      # CPU, 1 thread: 256/512/1024 candidates measured
