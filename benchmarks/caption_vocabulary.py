@@ -1,4 +1,4 @@
-"""Cost of captioning's candidate vocabulary: a restricted set (``tasks.caption_vocabulary: training_captions``)
+"""Cost of captioning's candidate vocabulary: a restricted set (``tasks.captioning.vocabulary: training_captions``)
 against every token of a 50,265-token RoBERTa vocabulary, with BASE's decoder and text encoder.
 
     python benchmarks/caption_vocabulary.py                      # CPU, 1 thread: 256/512/1024 candidates measured
@@ -52,8 +52,8 @@ def measure_one(candidates: int, *, preset: str, device: str, repeats: int, thre
     device = torch.device(device)
     config = unip2.preset(preset)
     config.text.vocab_size = FULL
-    config.tasks.caption_vocabulary = "training_captions"
-    config.tasks.caption_token_ids = list(range(candidates))  # holds the end token (id 2)
+    config.tasks["captioning"].vocabulary = "training_captions"
+    config.tasks["captioning"].token_ids = list(range(candidates))  # holds the end token (id 2)
     torch.manual_seed(0)
     model = unip2.build_model(config, padded_tokenizer(config.text)).to(device).train()
     generator = torch.Generator().manual_seed(0)

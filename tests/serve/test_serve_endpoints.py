@@ -81,8 +81,8 @@ def test_served_images_are_preprocessed_with_the_settings_the_checkpoint_records
     folder = tmp_path / "model"
     shutil.copytree(tiny_checkpoint, folder)
     config = json.loads((folder / "config.json").read_text())
-    config["task_inputs"] = {"classification": {"image_size": 64},
-                             "captioning": {"image_size": 128, "max_text_length": 20}}
+    config["tasks"]["classification"]["image_size"] = 64
+    config["tasks"]["captioning"].update(image_size=128, max_text_length=20)
     (folder / "config.json").write_text(json.dumps(config))
     preprocessor = Preprocessor.from_checkpoint(folder, threads=1)
     image = scene(200, 150, 0)
