@@ -228,6 +228,8 @@ class ModelServer:
         buffer = io.BytesIO()
         Image.new("RGB", (64, 48), (127, 127, 127)).save(buffer, format="PNG")
         for name in [*TASKS, TEXTS]:
+            if name != TEXTS and not any(route.images != "none" for route in TASKS[name].routes):
+                continue  # a text-only task: this app serves image routes
             start = time.perf_counter()
             if name == TEXTS:
                 _raise_or_return(self._embed_text_batch(TEXTS, [["warm up"]])[0])
