@@ -10,7 +10,8 @@ project tag (``[train] step ...``, printed by rank 0). Ray forwards every worker
 driver, which prints only the tagged lines (Ray's log filter, ``RAY_DEDUP_LOGS_*`` below); with ``log_dir``,
 the driver's own Ray messages below ERROR and native stderr go to ``log_dir/driver.log`` and the local Ray's
 session logs (every worker's full output) to ``log_dir/ray/`` (pipelines/run_logs.py). ``RAY_DEDUP_LOGS=0``
-in the environment shows every worker line again.
+in the environment shows every worker line again. A local Ray also runs without the helpers that only feed a
+dashboard or a cluster (``LOCAL_ENVIRONMENT``).
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ from __future__ import annotations
 import os
 
 # Measured on small machines (../shared/RAY_NOTES.md): keep listeners on loopback for a local Ray, no
-# usage stats, and Train's report() not blocking ~2 s on its health check. Read when Ray starts; also given
-# to every worker.
+# usage stats. Read when Ray starts; also given to every worker.
 RAY_ENVIRONMENT = {
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
     "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1",
+    # Train's controller polls every worker this often, and a ray.train.report() waits up to this long for
+    # the previous report to be taken: Ray's 2 s stalls frequent reports, 0.1 s more than doubles the
+    # controller's CPU (docs/benchmarks.md, "Ray's footprint").
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
     "HF_HUB_OFFLINE": "1",
     # Train patches print() in its workers to also log each line, and that logger's console handler writes
     # to stderr: Ray forwards both streams, so every progress line reached the console twice.
@@ -42,6 +45,14 @@ for _key, _value in {**RAY_ENVIRONMENT, **CONSOLE_ENVIRONMENT}.items():
 if os.environ["RAY_DEDUP_LOGS"].lower() in ("1", "true"):  # tagged lines only: no "(RayTrainWorker pid=...)"
     os.environ.setdefault("RAY_DISABLE_WORKER_LOG_PREFIX", "1")
 
+# A local Ray (this machine only, no dashboard) has no use for what these feed; set when connect() starts one.
+# Each is Ray's own switch, so a value in the environment wins.
+LOCAL_ENVIRONMENT = {
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",  # an actor polling for node drains, which a local Ray never has
+    "RAY_TRAIN_METRICS_ENABLED": "0",  # Train's Prometheus metrics: nothing scrapes them without a dashboard
+    "RAY_enable_metrics_collection": "0",  # every Ray process's metrics export to the node's agent, ditto
+}
+
 import ray  # noqa: E402
 
 from pipelines.run_logs import RunLogs  # noqa: E402
@@ -58,6 +69,9 @@ def connect(address: str | None = None, *, log_dir: str | os.PathLike | None = N
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
+    if address is None:
+        for key, value in LOCAL_ENVIRONMENT.items():
+            os.environ.setdefault(key, value)
     logs = RunLogs(log_dir) if log_dir is not None else None
     try:
         # "local" starts a fresh Ray even if another one runs on this machine (never join one by accident).
