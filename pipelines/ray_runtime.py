@@ -85,7 +85,10 @@ def connect(address: str | None = None, *, log_dir: str | os.PathLike | None = N
 
 
 def disconnect() -> None:
-    """Stop the local Ray (or leave the cluster); ``connect(log_dir=...)``'s folder gets the session logs."""
+    """Stop the local Ray (or leave the cluster) that ``connect`` started (or joined); its ``log_dir`` gets
+    the session logs. A no-op when ``connect`` found Ray already running."""
+    if not _connection:
+        return
     ray.shutdown()
     logs = _connection.pop("logs", None)
     if logs is not None:

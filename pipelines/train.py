@@ -49,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return train_and_evaluate(args, run, out, data_root, started)
+    except BaseException:
+        print(f"[train] failed; the full log is in {out / 'logs'}", file=sys.stderr, flush=True)
+        raise
     finally:
         ray_runtime.disconnect()  # the local Ray's session logs are copied into <run>/logs/ray
 
