@@ -78,8 +78,9 @@ def fill_task_options(run: RunConfig, root: Path, manifest: dict) -> None:
 
 
 def prepare_run(config_path: str | None, overrides: list[str], *, out: str | None = None,
-                address: str | None = None) -> tuple[RunConfig, Path, Path]:
-    """Load and validate the config, connect to Ray, make the data ready → (run, run folder, data root)."""
+                address: str | None = None, keep_logs: bool = False) -> tuple[RunConfig, Path, Path]:
+    """Load and validate the config, connect to Ray, make the data ready → (run, run folder, data root).
+    ``keep_logs``: Ray's logs go to the run folder's ``logs/``, off the console (see ``ray_runtime.connect``)."""
     run = load_run_config(config_path, overrides)
     out_dir = Path(out or run.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")).resolve()
     previous = out_dir / "run_config.yaml"
@@ -95,5 +96,5 @@ def prepare_run(config_path: str | None, overrides: list[str], *, out: str | Non
     run.data.root = str(root)
     out_dir.mkdir(parents=True, exist_ok=True)
     config_io.save(run, previous)
-    ray_runtime.connect(address or run.scale.address)
+    ray_runtime.connect(address or run.scale.address, log_dir=out_dir / "logs" if keep_logs else None)
     return run, out_dir, root

@@ -73,7 +73,7 @@ def stream_steps(spec: StreamSpec, *, rank: int, start: int, concurrency: int, n
         blocks = -(-steps.size // steps_per_block)
         dataset = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
             StepBatchLoader, fn_constructor_kwargs={"spec": spec, "rank": rank}, batch_size=steps_per_block,
-            concurrency=concurrency, num_cpus=num_cpus)
+            compute=ray.data.ActorPoolStrategy(size=concurrency), num_cpus=num_cpus)
         for row in dataset.iter_batches(batch_size=1, prefetch_batches=prefetch, batch_format="numpy"):
             item = pickle.loads(row["payload"][0])
             yield item["step"], item["task"], item["batch"], item["skipped"]

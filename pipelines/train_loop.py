@@ -90,6 +90,9 @@ def train_loop_per_worker(inputs: LoopInputs) -> None:
     if rank == 0 and world_size != run.scale.num_workers:
         print(f"[train] {world_size} of {run.scale.num_workers} workers: peak lr {peak_lr:.3g} "
               f"(linear rule), global batch {world_size} × per-task batch", flush=True)
+    # DDP must look for parameters without a gradient: classification, captioning and retrieval leave the
+    # proposal network's memory projection and objectness head unused (detection steps use every parameter,
+    # and there torch logs once per worker that it found none; the line stays in the worker's log).
     wrapped = ray.train.torch.prepare_model(
         TaskLoss(model), parallel_strategy_kwargs={"find_unused_parameters": True})
     gather = gather_with_grad if (run.train.gather_retrieval and run.train.sampling == "unmixed") else local_gather
