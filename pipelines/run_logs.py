@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import shutil
@@ -53,7 +54,9 @@ class RunLogs:
         for name in RAY_LOGGERS:
             logger = logging.getLogger(name)
             for handler in logger.handlers:
-                if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                # Console handlers only: not a file, nor an in-memory capture (a test runner's log capture).
+                if (isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
+                        and not isinstance(handler.stream, io.StringIO)):
                     self._console_handlers.append((handler, handler.level, handler.stream))
                     handler.setLevel(logging.ERROR)
                     handler.setStream(sys.stderr)

@@ -35,7 +35,9 @@ def test_caption_vocabulary_measures_each_size_and_fits_the_rest():
     rows = caption_vocabulary.run(candidates=[4, 8], restricted=8, full=40, preset="tiny", repeats=1)
     assert [row["key"] for row in rows] == list(caption_vocabulary.KEYS)
     for row in rows:
-        assert set(row) == ROW_KEYS and row["goal"] == "reported" and row["ours"] > 0 and row["baseline"] > 0
+        assert set(row) == ROW_KEYS and row["goal"] == "reported" and row["ours"] > 0
+        # At tiny sizes the time's slope is within timing noise (it can fit below zero); memory's is not.
+        assert row["unit"] == "s" or row["baseline"] > 0
         details = row["details"]
         assert [p["candidates"] for p in details["measured"]] == [4, 8] and details["preset"] == "tiny"
         assert details["restricted_measured"] and not details["full_measured"]  # 8 measured, 40 from the line
