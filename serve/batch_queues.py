@@ -59,7 +59,7 @@ class BatchQueues:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
         self._waiting: deque[FormedBatch] = deque()
         self._running = False
-        self._dispatcher: asyncio.Task | None = None
+        self._dispatcher: asyncio.Task | None = None  # kept referenced while it runs
         # The batch function only hands the formed batch over and returns, so one batch at a time per queue
         # (Serve's default) never holds back the next one.
         self._queues = {path: serve.batch(max_batch_size=max_batch_size,
@@ -75,18 +75,15 @@ class BatchQueues:
         return await answer
 
     def answer_now(self, path: str, requests: list[ServeRequest]) -> list:
-        """A batch answered on the calling thread (start-up work: warm-up, gallery indexing); its duration
-        primes the clock."""
+        """A batch answered on the calling thread (the start-up warm-up); its duration primes the clock."""
         answers, started, ended = self._compute(path, requests)
         self.clock.mean_s[path] = ended - started
         return answers
 
     def context(self, path: str) -> ServeContext:
-        return self.contexts.get(self.routes[path][0].name, ServeContext()) if self.routes[path][1].uses_gallery \
-            else ServeContext()
-
-    def close(self) -> None:
-        self._thread.shutdown(wait=False, cancel_futures=True)
+        """What route ``path`` ranks besides its requests: its task's indexed gallery, if the route uses one."""
+        task, route = self.routes[path]
+        return self.contexts.get(task.name, ServeContext()) if route.uses_gallery else ServeContext()
 
     # ------------------------------------------------------------------------------- internals
     def _runner(self, path: str):

@@ -64,6 +64,3 @@ class Preprocessor:
                                           train=False, rng=np.random.default_rng(0))
         except UndecodableImage as err:
             raise ApiError(400, f"{field}: {err}") from None
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
