@@ -127,3 +127,40 @@ def test_the_readme_command_writes_the_table(tmp_path):
     assert table.startswith("| key | measure | ours | baseline | ratio | goal | met |")
     assert "| `optimizer_ratio` | MT-AdamW step" in table
     assert "| `optimizer_ratio` | MT-AdamW step" in done.stdout  # the table is printed too
+
+
+def test_serve_benchmarks_take_their_routes_from_the_registry():
+    from benchmarks import serve_latency, serve_load
+    from unip2.tasks import TASKS
+
+    for name in serve_latency.image_tasks():
+        assert serve_latency.image_route(name) in [route.path for route in TASKS[name].routes]
+    assert "classification" in serve_latency.image_tasks() and "retrieval" not in serve_latency.image_tasks()
+    assert [r.path for r in serve_load.image_routes()] == [r.path for t in TASKS.values() for r in t.routes
+                                                          if r.images != "none"]
+    assert run_all.selected("serve_throughput_ratio") == ["serve"]
+
+
+def test_serve_benchmark_reports_batching_gain_overhead_and_throughput(ray_local):
+    from benchmarks import serve_batching
+
+    rows = serve_batching.run(requests=8)
+    assert [row["key"] for row in rows] == ["serve_batching_gain", "serve_overhead_ms", "serve_throughput_ratio"]
+    gain, overhead, throughput = rows
+    assert_measured(gain, "serve_batching_gain")
+    assert_measured(throughput, "serve_throughput_ratio")
+    assert set(overhead) == ROW_KEYS and math.isfinite(overhead["ratio"]) and overhead["ours"] > 0
+    assert gain["goal"] == f">= {serve_batching.GAIN_SHARE * gain['details']['direct_batching_ceiling']:.2f}"
+    parts = gain["details"]["served_batch16_adaptive"][1]["parts_ms"]
+    assert {"parse", "decode", "queue", "model", "encode", "replica", "proxy"} <= set(parts)
+
+
+def test_serve_load_answers_every_image_route(ray_local, tiny_checkpoint):
+    from benchmarks import serve_load
+
+    figures = serve_load.run(str(tiny_checkpoint), clients=4, seconds=4.0, max_requests=36)
+    assert figures["total"]["requests"] <= 36
+    for path, row in figures["routes"].items():
+        assert row["requests"] > 0 and set(row["status"]) == {"200"}, (path, row)
+    assert len(figures["replicas"]) == 1
+    assert "| all |" in serve_load.markdown(figures)
