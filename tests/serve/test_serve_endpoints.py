@@ -171,6 +171,17 @@ def test_retrieve_text_ranks_every_candidate(base_url, images):
     assert [r["score"] for r in ranked] == sorted((r["score"] for r in ranked), reverse=True)
 
 
+def test_fill_mask_a_text_only_route(base_url):
+    result = ok(requests.post(base_url + "/v1/fill_mask", json={"text": "a red <mask> at the center", "top_k": 3},
+                              timeout=60))
+    assert result["task"] == "language_modelling" and isinstance(result["text"], str)
+    (mask,) = result["masks"]
+    assert len(mask["candidates"]) == 3 and all(0 <= c["score"] <= 1 for c in mask["candidates"])
+    refused = requests.post(base_url + "/v1/fill_mask", json={"text": "nothing to fill"}, timeout=60)
+    assert refused.status_code == 422 and "<mask>" in refused.json()["error"]["message"]
+    assert requests.post(base_url + "/v1/fill_mask", json={"top_k": 3}, timeout=60).status_code == 422
+
+
 def test_retrieve_image_from_uploads_and_from_the_indexed_gallery(base_url, images, embedded_data):
     from unip2.data.manifest import read_table
 
