@@ -72,7 +72,7 @@ def _bare_worker(rank: int, world_size: int, port: int, spec, out: str) -> None:
     from unip2.model.tokenizer import TextTokenizer
     from unip2.tasks import TASKS
     from unip2.tasks.base import local_gather
-    from unip2.training_setup import TaskLoss, build_optimizer, learning_rate, set_learning_rate
+    from unip2.training_setup import TaskLoss, learning_rate, optimizer_for, set_learning_rate
     from unip2.training_step import TrainingStep
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -81,9 +81,7 @@ def _bare_worker(rank: int, world_size: int, port: int, spec, out: str) -> None:
     torch.set_num_threads(run.scale.threads_per_worker)
     torch.manual_seed(run.train.seed)
     model = unip2.build_model(run.model, TextTokenizer.from_json(spec.tokenizer_json))
-    optimizer = build_optimizer(model, name=run.optim.name, lr=run.optim.lr, betas=run.optim.betas,
-                                eps=run.optim.eps, weight_decay=run.optim.weight_decay,
-                                backbone_lr_scale=run.optim.backbone_lr_scale)
+    optimizer = optimizer_for(model, run.optim)
     wrapped = DistributedDataParallel(TaskLoss(model), find_unused_parameters=True)
     train_step = TrainingStep(loss_module=wrapped, optimizer=optimizer, ratios=run.sampling_ratios(),
                               omegas={name: task.omega for name, task in run.tasks.items()},

@@ -34,7 +34,7 @@ RAY_ENVIRONMENT = {
 }
 # Which forwarded worker lines the driver prints (read by the driver when it imports ray): the project's
 # tagged lines, never held back or merged; every other line is skipped (it stays in the worker's log file).
-PROJECT_LINES = r"^\[(train|model)\] "
+PROJECT_LINES = r"^\[(train|pretrain|model)\] "
 CONSOLE_ENVIRONMENT = {
     "RAY_DEDUP_LOGS": "1",
     "RAY_DEDUP_LOGS_ALLOW_REGEX": PROJECT_LINES,

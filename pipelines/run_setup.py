@@ -78,8 +78,10 @@ def fill_task_options(run: RunConfig, root: Path, manifest: dict) -> None:
 
 
 def prepare_run(config_path: str | None, overrides: list[str], *, out: str | None = None,
-                address: str | None = None, keep_logs: bool = False) -> tuple[RunConfig, Path, Path]:
-    """Load and validate the config, connect to Ray, make the data ready → (run, run folder, data root).
+                address: str | None = None, keep_logs: bool = False,
+                stage1: bool = True) -> tuple[RunConfig, Path, Path]:
+    """Load and validate the config, connect to Ray, make the data ready and, with ``stage1``, the pretrained
+    encoders (``pipelines/pretrain.py``: run on first use, then cached) → (run, run folder, data root).
     ``keep_logs``: Ray's logs go to the run folder's ``logs/``, off the console (see ``ray_runtime.connect``)."""
     run = load_run_config(config_path, overrides)
     out_dir = Path(out or run.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")).resolve()
@@ -95,6 +97,10 @@ def prepare_run(config_path: str | None, overrides: list[str], *, out: str | Non
     run.out = str(out_dir)
     run.data.root = str(root)
     out_dir.mkdir(parents=True, exist_ok=True)
-    config_io.save(run, previous)
     ray_runtime.connect(address or run.scale.address, log_dir=out_dir / "logs" if keep_logs else None)
+    if stage1:
+        from pipelines.pretrain import ensure_pretrained_encoders
+
+        run = ensure_pretrained_encoders(run, root, out_dir)
+    config_io.save(run, previous)
     return run, out_dir, root

@@ -26,7 +26,7 @@ from unip2.model.tokenizer import TextTokenizer
 from unip2.run_config import RunConfig
 from unip2.tasks import TASKS
 from unip2.tasks.base import local_gather
-from unip2.training_setup import TaskLoss, build_optimizer, compile_model, learning_rate, set_learning_rate
+from unip2.training_setup import TaskLoss, compile_model, learning_rate, optimizer_for, set_learning_rate
 from unip2.training_step import TrainingStep
 
 
@@ -69,9 +69,7 @@ def train_loop_per_worker(inputs: LoopInputs) -> None:
     model = unip2.build_model(run.model, TextTokenizer.from_json(spec.tokenizer_json)).to(device)
     if run.train.compile:
         compile_model(model)
-    optimizer = build_optimizer(model, name=run.optim.name, lr=run.optim.lr, betas=run.optim.betas,
-                                eps=run.optim.eps, weight_decay=run.optim.weight_decay,
-                                backbone_lr_scale=run.optim.backbone_lr_scale)
+    optimizer = optimizer_for(model, run.optim)
     state = {"step": 0, "bad_steps": 0, "nonfinite_steps": 0, "history": [], "skipped_images": {},
              "train_seconds": 0.0}
 

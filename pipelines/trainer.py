@@ -22,38 +22,49 @@ def worker_count(run: RunConfig) -> int | tuple[int, int]:
     return (run.scale.min_workers, run.scale.num_workers)
 
 
-def make_trainer(run: RunConfig, *, out: Path, data_root: Path, callbacks: list = (),
-                 hooks: LoopHooks | None = None) -> TorchTrainer:
-    """``callbacks``: Ray Train callbacks of this run (Tune trials pass their progress reporter); ``hooks``:
-    callbacks into every worker's loop (tests inject faults and trace steps with them)."""
+def torch_trainer(run: RunConfig, loop, *, name: str, storage_path: str | None, out: Path,
+                  callbacks: list = ()) -> TorchTrainer:
+    """A TorchTrainer running ``loop`` (a picklable per-worker function) with ``run.scale``'s workers; its run
+    storage is ``storage_path`` (a shared path or a URI), else ``<out>/ray``."""
     use_gpu = ray_runtime.cluster_has_gpus() if run.scale.use_gpu is None else run.scale.use_gpu
     resources = {"CPU": run.scale.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
-    storage_path = run.scale.storage_path
     if storage_path is None:
         storage_path = str((out / "ray").resolve())
     elif "://" not in storage_path:  # a path every node sees; a URI (s3://, gs://) goes to Ray as is
         storage_path = str(Path(storage_path).expanduser().resolve())
-    inputs = LoopInputs(stream=StreamSpec.of(run, data_root), hooks=hooks or LoopHooks())
     return TorchTrainer(
-        functools.partial(train_loop_per_worker, inputs),
+        loop,
         scaling_config=ray.train.ScalingConfig(num_workers=worker_count(run), use_gpu=use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
-            name=out.name, storage_path=storage_path,
+            name=name, storage_path=storage_path,
             failure_config=ray.train.FailureConfig(max_failures=run.scale.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             callbacks=list(callbacks)),
     )
 
 
-def fit(run: RunConfig, *, out: Path, data_root: Path, callbacks: list = (), hooks: LoopHooks | None = None) -> Path:
-    """Train; returns the final checkpoint as a local directory."""
-    result = make_trainer(run, out=out, data_root=data_root, callbacks=callbacks, hooks=hooks).fit()
+def make_trainer(run: RunConfig, *, out: Path, data_root: Path, callbacks: list = (),
+                 hooks: LoopHooks | None = None) -> TorchTrainer:
+    """``callbacks``: Ray Train callbacks of this run (Tune trials pass their progress reporter); ``hooks``:
+    callbacks into every worker's loop (tests inject faults and trace steps with them)."""
+    inputs = LoopInputs(stream=StreamSpec.of(run, data_root), hooks=hooks or LoopHooks())
+    return torch_trainer(run, functools.partial(train_loop_per_worker, inputs), name=out.name,
+                         storage_path=run.scale.storage_path, out=out, callbacks=callbacks)
+
+
+def checkpoint_to_local(result, local: Path) -> Path:
+    """The result's checkpoint copied into ``local`` (replaced if present); a failed fit raises its error."""
     if result.error is not None:
         raise result.error
-    local = out / "last_checkpoint"
     with result.checkpoint.as_directory() as directory:
         if local.exists():
             shutil.rmtree(local)
         shutil.copytree(directory, local)
     return local
+
+
+def fit(run: RunConfig, *, out: Path, data_root: Path, callbacks: list = (), hooks: LoopHooks | None = None) -> Path:
+    """Train; returns the final checkpoint as a local directory."""
+    result = make_trainer(run, out=out, data_root=data_root, callbacks=callbacks, hooks=hooks).fit()
+    return checkpoint_to_local(result, out / "last_checkpoint")

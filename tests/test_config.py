@@ -132,3 +132,19 @@ def test_a_run_records_its_tasks_input_settings_in_the_model_it_trains():
     with pytest.raises(ConfigError) as err:  # input settings live with the model's task options only
         load_run_config(overrides=["tasks.captioning.image_size=64"])
     assert err.value.field == "tasks.captioning.image_size"
+
+
+@pytest.mark.parametrize("override, field", [
+    ("pretrain.encoders=[vision]", "pretrain.encoders"),
+    ("pretrain.encoders=[image, image]", "pretrain.encoders"),
+    ("pretrain.image_size=100", "pretrain.image_size"),
+    ("pretrain.text_steps=0", "pretrain.text_steps"),
+    ("pretrain.warmup_fraction=1", "pretrain.warmup_fraction"),
+    ("optim.text_lr_scale=-1", "optim.text_lr_scale"),
+])
+def test_bad_stage1_settings_are_refused_naming_the_field(override, field):
+    from unip2.run_config import load_run_config
+
+    with pytest.raises(ConfigError) as err:
+        load_run_config(None, [override])
+    assert err.value.field == field

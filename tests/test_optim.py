@@ -336,3 +336,21 @@ def test_rejects_bad_s():
     for bad in (0.0, 1.5, -0.1):
         with pytest.raises(ValueError):
             opt.step(omega=1.0, s=bad)
+
+
+def test_encoder_learning_rate_scales_reach_the_encoders_only():
+    """The pretrained encoders' groups carry their scale; the text encoder's new projection and the rest 1.0."""
+    from unip2.persistence import build_model
+    from unip2.presets import preset
+    from unip2.training_setup import build_optimizer, set_learning_rate
+
+    model = build_model(preset("tiny"))
+    optimizer = build_optimizer(model, name="mt_adamw", lr=1e-3, betas=BETAS, eps=1e-8, weight_decay=0.05,
+                                backbone_lr_scale=0.25, text_lr_scale=0.5)
+    set_learning_rate(optimizer, 2e-3)
+    lr_of = {name: group["lr"] / 2e-3 for group in optimizer.param_groups for name in group["param_names"]}
+    assert {lr_of[n] for n in lr_of if n.startswith("backbone.")} == {0.25}
+    assert {lr_of[n] for n in lr_of if n.startswith("text_encoder.model.")} == {0.5}
+    assert lr_of["text_encoder.proj.weight"] == 1.0
+    assert {lr_of[n] for n in lr_of if n.startswith("decoder.")} == {1.0}
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))

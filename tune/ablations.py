@@ -52,7 +52,7 @@ from unip2.run_config import RunConfig, load_run_config  # noqa: E402
 
 DEFAULT_CONFIG = REPO / "tune" / "configs" / "ablations.yaml"
 SMOKE_VARIANTS = [FULL, "all-no_moe"]
-SMOKE_RUN = ["model.proposals.num_queries=12", "train.steps=6", "train.checkpoint_every=6", "train.log_every=3",
+SMOKE_RUN = ["pretrain.encoders=[]", "model.proposals.num_queries=12", "train.steps=6", "train.checkpoint_every=6", "train.log_every=3",
              "optim.warmup_steps=2", "scale.num_workers=1", "scale.cpus_per_worker=0.25", "data.loader_cpus=0.1"]
 """``--smoke`` overrides (then every task's batch size is 2): each trial trains in seconds."""
 INTERFERENCE_MODELS = {"without MoE": "all-no_moe", "with MoE": FULL}
@@ -346,6 +346,11 @@ def run_ablations(spec: AblationSpec, out: str | Path) -> dict[str, Path]:
         load_run_config(spec.config_path, [*spec.overrides, *variant_overrides(variant, base, seed=0,
                                                                                  backbone_path="/dev/null")])
     ray_runtime.connect(spec.address or base.scale.address)
+    from pipelines.pretrain import pretrained_overrides
+
+    # Stage 1 once for every variant (cached): their encoders start from it unless a variant names its own.
+    spec.overrides = [*spec.overrides, *pretrained_overrides(spec.config_path, spec.overrides, out / "stage1")]
+    base = load_run_config(spec.config_path, spec.overrides)
     context = TrialContext(out=str(out), cwd=str(Path.cwd()), spec=spec, variants=plan.variants)
     first = [n for n, v in plan.variants.items() if v.backbone_from is None]
     second = [n for n, v in plan.variants.items() if v.backbone_from is not None]

@@ -37,7 +37,7 @@ from tune.trial import EvaluationSettings  # noqa: E402
 from tune.tuner import SweepSettings, SweepSpec, base_run, check_spec, run_sweep  # noqa: E402
 from unip2.config_io import ConfigError  # noqa: E402
 
-SMOKE_RUN = ["model.image_size=64", "model.proposals.num_queries=12", "train.steps=8", "train.checkpoint_every=4",
+SMOKE_RUN = ["pretrain.encoders=[]", "model.image_size=64", "model.proposals.num_queries=12", "train.steps=8", "train.checkpoint_every=4",
              "train.log_every=4", "optim.warmup_steps=2", "scale.num_workers=1", "scale.cpus_per_worker=0.25",
              "scale.max_failures=0", "data.loader_cpus=0.1"]
 """``--smoke`` run overrides (then every task's batch size is 2): a trial trains in seconds on 2 cores."""

@@ -242,6 +242,10 @@ def run_sweep(spec: SweepSpec | None, out: str | Path, *, address: str | None = 
     save_spec(spec, out)
     tasks = list(run.tasks)
     ray_runtime.connect(address or run.scale.address)
+    from pipelines.pretrain import pretrained_overrides
+
+    # Stage 1 once for the whole sweep (cached): every trial's encoders start from it.
+    spec.overrides = [*spec.overrides, *pretrained_overrides(spec.config_path, spec.overrides, out / "stage1")]
     baseline = measure_baseline(spec, out)
     concurrency = trial_concurrency(run, spec.settings, free_resources())
     print(f"[sweep] {spec.settings.samples} trials, {concurrency} at a time; baseline {json.dumps(baseline['scores'])}",

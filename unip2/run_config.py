@@ -81,6 +81,8 @@ class OptimConfig:
     """Peak learning rate (MT-AdamW steps are ~(1−β1)/s_k / √((1−β2)/s_k) × lr per parameter)."""
     backbone_lr_scale: float = 1.0
     """Learning-rate multiplier of the image backbone (lower it for pretrained backbones)."""
+    text_lr_scale: float = 1.0
+    """Learning-rate multiplier of the text encoder (lower it for a pretrained one)."""
     betas: tuple[float, float] = (0.9, 0.999)
     """Adam β1, β2 (torch convention: weight of the old moment)."""
     eps: float = 1e-8
@@ -95,6 +97,7 @@ class OptimConfig:
     def validate(self, prefix: str = "") -> None:
         require(self.lr > 0, prefix + "lr", "must be > 0")
         require(self.backbone_lr_scale >= 0, prefix + "backbone_lr_scale", "must be >= 0")
+        require(self.text_lr_scale >= 0, prefix + "text_lr_scale", "must be >= 0")
         require(all(0 <= b < 1 for b in self.betas), prefix + "betas", "must be in [0, 1)")
         require(self.eps > 0, prefix + "eps", "must be > 0")
         require(self.weight_decay >= 0, prefix + "weight_decay", "must be >= 0")
@@ -165,6 +168,54 @@ class ScaleConfig:
         require(self.max_failures >= 0, prefix + "max_failures", "must be >= 0")
 
 
+ENCODERS = ("image", "text")
+
+
+@dataclass
+class PretrainConfig:
+    """Stage 1: each encoder pretrained on its own objective before the generalist trains (the paper starts
+    from a supervised ImageNet Swin and a RoBERTa): the image backbone as a plain classifier on the
+    classification task's data, the text encoder as a masked language model on the language-modelling task's
+    texts. Runs for an encoder without ``pretrained_path`` (real weights win); the result is cached under
+    ``data.cache_dir`` by everything it depends on, and loaded through the same ``pretrained_path`` fields."""
+
+    encoders: list[str] = field(default_factory=lambda: list(ENCODERS))
+    """Encoders pretrained when they have no ``pretrained_path``: any of image, text; [] = random init."""
+    image_steps: int = 300
+    """Optimizer steps of the image encoder's classifier pretraining."""
+    text_steps: int = 300
+    """Optimizer steps of the text encoder's masked-language-model pretraining."""
+    image_batch_size: int = 32
+    """Per-worker batch of the classifier pretraining."""
+    text_batch_size: int = 64
+    """Per-worker batch of the masked-language-model pretraining."""
+    image_size: int = 64
+    """Image side of the classifier pretraining (low resolution first, as ImageNet pretraining at 224)."""
+    image_lr: float = 3e-3
+    """Peak AdamW learning rate of the image encoder (one-cycle: warm-up, then cosine to zero)."""
+    text_lr: float = 1e-3
+    """Peak AdamW learning rate of the text encoder."""
+    weight_decay: float = 0.05
+    """AdamW weight decay of both (not on norms and biases)."""
+    warmup_fraction: float = 0.15
+    """Share of each encoder's steps spent warming its learning rate up."""
+    label_smoothing: float = 0.1
+    """Label smoothing of the classifier's cross-entropy."""
+
+    def validate(self, prefix: str = "") -> None:
+        require(all(e in ENCODERS for e in self.encoders) and len(set(self.encoders)) == len(self.encoders),
+                prefix + "encoders", f"must be distinct names out of {', '.join(ENCODERS)}")
+        for name in ("image_steps", "text_steps", "image_batch_size", "text_batch_size"):
+            require(getattr(self, name) > 0, prefix + name, "must be > 0")
+        require(self.image_size >= 32 and self.image_size % 32 == 0, prefix + "image_size",
+                "must be a multiple of 32, >= 32")
+        require(self.image_lr > 0, prefix + "image_lr", "must be > 0")
+        require(self.text_lr > 0, prefix + "text_lr", "must be > 0")
+        require(self.weight_decay >= 0, prefix + "weight_decay", "must be >= 0")
+        require(0 <= self.warmup_fraction < 1, prefix + "warmup_fraction", "must be in [0, 1)")
+        require(0 <= self.label_smoothing < 1, prefix + "label_smoothing", "must be in [0, 1)")
+
+
 def default_tasks() -> dict[str, TaskRunConfig]:
     from unip2.tasks import TASKS
 
@@ -182,6 +233,7 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainingConfig = field(default_factory=TrainingConfig)
     scale: ScaleConfig = field(default_factory=ScaleConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     out: str | None = None
     """Run folder; None = ``runs/<timestamp>``."""
 

@@ -37,22 +37,35 @@ def compile_model(model: nn.Module) -> nn.Module:
 
 
 def build_optimizer(model: nn.Module, *, name: str, lr: float, betas: tuple[float, float], eps: float,
-                    weight_decay: float, backbone_lr_scale: float = 1.0) -> torch.optim.Optimizer:
-    """MT-AdamW (or AdamW) with no-decay groups; backbone groups carry ``lr_scale`` = backbone_lr_scale."""
+                    weight_decay: float, backbone_lr_scale: float = 1.0,
+                    text_lr_scale: float = 1.0) -> torch.optim.Optimizer:
+    """MT-AdamW (or AdamW) with no-decay groups; the image backbone's groups carry ``lr_scale`` =
+    backbone_lr_scale, the text encoder's (its projection to the decoder width aside) text_lr_scale."""
+    scales = {"backbone.": backbone_lr_scale, "text_encoder.model.": text_lr_scale}
+
+    def scale_of(param_name: str) -> float:
+        return next((s for prefix, s in scales.items() if param_name.startswith(prefix)), 1.0)
+
     groups = []
     for group in param_groups_for(model, weight_decay):
-        for in_backbone in (True, False):
-            picked = [(n, p) for n, p in zip(group["param_names"], group["params"])
-                      if n.startswith("backbone.") == in_backbone]
-            if picked:
-                groups.append({"params": [p for _, p in picked], "param_names": [n for n, _ in picked],
-                               "weight_decay": group["weight_decay"],
-                               "lr_scale": backbone_lr_scale if in_backbone else 1.0})
+        by_scale: dict[float, list] = {}
+        for n, p in zip(group["param_names"], group["params"]):
+            by_scale.setdefault(scale_of(n), []).append((n, p))
+        for lr_scale, picked in by_scale.items():
+            groups.append({"params": [p for _, p in picked], "param_names": [n for n, _ in picked],
+                           "weight_decay": group["weight_decay"], "lr_scale": lr_scale})
     if name == "mt_adamw":
         return MTAdamW(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
     raise ValueError(f"optim.name: unknown optimizer {name!r}; choose mt_adamw or adamw")
+
+
+def optimizer_for(model: nn.Module, optim) -> torch.optim.Optimizer:
+    """``build_optimizer`` with a run's ``OptimConfig`` (``unip2.run_config``)."""
+    return build_optimizer(model, name=optim.name, lr=optim.lr, betas=optim.betas, eps=optim.eps,
+                           weight_decay=optim.weight_decay, backbone_lr_scale=optim.backbone_lr_scale,
+                           text_lr_scale=optim.text_lr_scale)
 
 
 def learning_rate(step: int, *, total_steps: int, peak: float, warmup_steps: int, min_ratio: float) -> float:

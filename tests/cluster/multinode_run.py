@@ -35,7 +35,7 @@ from loop_hooks import FaultHooks  # noqa: E402
 
 NODE_CPUS = 3
 NODE_MEMORY = {"object_store_memory": 200 * 1024 * 1024}
-OVERRIDES = ["scale.num_workers=2", "scale.cpus_per_worker=1.75", "data.loader_cpus=0.25",
+OVERRIDES = ["pretrain.encoders=[]", "scale.num_workers=2", "scale.cpus_per_worker=1.75", "data.loader_cpus=0.25",
              "scale.max_failures=0", "train.steps=6", "train.checkpoint_every=2", "train.log_every=2",
              "optim.warmup_steps=2", "model.proposals.num_queries=12", "model.image_size=64",
              "tasks={classification: {batch_size: 2}, captioning: {batch_size: 2}}"]

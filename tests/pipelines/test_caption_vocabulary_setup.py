@@ -36,7 +36,7 @@ def test_a_trained_model_scores_its_training_captions_tokens(ray_local, embedded
     config = tmp_path / "captioning.yaml"
     config.write_text("model: {preset: tiny, image_size: 64, proposals: {num_queries: 12}}\n"
                       "tasks:\n  captioning: {batch_size: 2}\n")
-    run, out, root = prepare_run(str(config), [RESTRICTED, f"data.root={embedded_data}", "train.steps=2",
+    run, out, root = prepare_run(str(config), [RESTRICTED, f"data.root={embedded_data}", "pretrain.encoders=[]", "train.steps=2",
                                                "train.log_every=2", "train.checkpoint_every=2", "scale.num_workers=1",
                                                "scale.cpus_per_worker=0.5", "data.loader_cpus=0.25"],
                                  out=str(tmp_path / "run"))

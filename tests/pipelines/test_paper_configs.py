@@ -18,7 +18,7 @@ from pipelines.stream_spec import StreamSpec
 from unip2.data.manifest import load_manifest
 from unip2.run_config import load_run_config
 from unip2.tasks import TASKS
-from unip2.training_setup import TaskLoss, build_optimizer
+from unip2.training_setup import TaskLoss, optimizer_for
 
 CONFIGS = Path(__file__).resolve().parents[2] / "pipelines" / "configs"
 SMALL_STAND_INS = [
@@ -49,9 +49,7 @@ def test_paper_config_trains_a_step_of_every_task_at_its_image_size(name, embedd
             break
     torch.manual_seed(0)
     model = unip2.build_model(run.model, loader.tokenizer)
-    optimizer = build_optimizer(model, name=run.optim.name, lr=run.optim.lr, betas=run.optim.betas,
-                                eps=run.optim.eps, weight_decay=run.optim.weight_decay,
-                                backbone_lr_scale=run.optim.backbone_lr_scale)
+    optimizer = optimizer_for(model, run.optim)
     loss_module, ratios = TaskLoss(model), run.sampling_ratios()
     for task, step in first_step.items():
         item = loader.load(step)

@@ -1,6 +1,7 @@
 """The default run's console, through the real entry point: ``python pipelines/train.py`` in a subprocess with
-its own local Ray (2 workers, all five tasks, then the evaluation), as a user runs it. The console holds the
-run's own lines, each once; Ray's messages and every worker's output are kept in the run folder's logs/."""
+its own local Ray (2 workers: stage 1's encoders pretrained and cached, then the generalist on five tasks, then
+the evaluation), as a user runs it. The console holds the run's own lines, each once; Ray's messages and every
+worker's output are kept in the run folder's logs/. A second run finds stage 1 in the cache."""
 
 import os
 import subprocess
@@ -8,11 +9,20 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import torch
+from safetensors.torch import load_file
+
+import unip2
+from pipelines.pretrain import ensure_pretrained_encoders
+from unip2.model.tokenizer import tokenizer_for
+from unip2.run_config import load_run_config
+
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = ["scale.num_workers=2", "scale.cpus_per_worker=0.5", "data.loader_cpus=0.25", "optim.warmup_steps=2",
          "model.proposals.num_queries=12", "model.image_size=64",
          *[f"tasks.{t}.batch_size=2" for t in ("classification", "detection", "instance_segmentation",
                                                 "captioning", "retrieval")]]
+STAGE1 = ["pretrain.image_steps=2", "pretrain.text_steps=2", "pretrain.image_batch_size=4", "pretrain.text_batch_size=4"]
 NOISE = ("Failed to query Ray Train Controller", "core_worker.cc", "deprecated", "Warning", "WARNING", "pid=")
 
 
@@ -21,8 +31,9 @@ def test_the_console_shows_each_progress_line_once_and_the_run_folder_keeps_the_
     # The test session's own Ray settings (tests/conftest.py: every worker line shown) are not a user's.
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env["PYTHONPATH"] = str(ROOT)
-    command = [sys.executable, "pipelines/train.py", "--out", str(out), *SMALL, f"data.root={embedded_data}",
-               "train.steps=6", "train.log_every=2", "train.checkpoint_every=6"]
+    overrides = [*SMALL, *STAGE1, f"data.root={embedded_data}", f"data.cache_dir={tmp_path / 'cache'}",
+                 "train.steps=6", "train.log_every=2", "train.checkpoint_every=6"]
+    command = [sys.executable, "pipelines/train.py", "--out", str(out), *overrides]
     finished = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
     console = [line for line in (finished.stdout + finished.stderr).splitlines() if line.strip()]
     assert finished.returncode == 0, "\n".join(console[-60:])
@@ -30,7 +41,10 @@ def test_the_console_shows_each_progress_line_once_and_the_run_folder_keeps_the_
     assert [line for line, count in Counter(console).items() if count > 1] == []
     for noise in NOISE:
         assert [line for line in console if noise in line] == [], noise
-    assert all(line.startswith("[train] ") for line in console), console  # only the run's own lines
+    assert all(line.startswith(("[train] ", "[pretrain] ")) for line in console), console  # the run's own lines
+    stage1 = [line.split()[2] for line in console if line.startswith("[pretrain] step ")]
+    assert stage1 == ["2/4", "4/4"]
+    assert sum(line.startswith("[pretrain] stage 1 done in") for line in console) == 1
     steps = [line.split()[2] for line in console if line.startswith("[train] step ")]
     assert steps == ["2/6", "4/6", "6/6"]
     assert sum(line.startswith("[train] finished 6 steps") for line in console) == 1
@@ -42,3 +56,32 @@ def test_the_console_shows_each_progress_line_once_and_the_run_folder_keeps_the_
     for step in steps:  # rank 0's progress lines, in its own log file
         assert sum(line.startswith(f"[train] step {step} ") for line in kept) == 1
     assert set(kept) - set(console)  # what the console leaves out is kept
+
+    # The run trained from stage 1's files, and the next run with the same settings reuses them.
+    saved = load_run_config(out / "run_config.yaml")
+    cache = tmp_path / "cache" / "pretrained"
+    assert Path(saved.model.backbone.pretrained_path).is_file() and cache in Path(saved.model.backbone.pretrained_path).parents
+    assert (Path(saved.model.text.pretrained_path) / "tokenizer.json").is_file()
+    run = load_run_config(None, overrides)
+    run.model.class_names = saved.model.class_names
+    again = ensure_pretrained_encoders(run, embedded_data, tmp_path / "second")
+    assert again.model.backbone.pretrained_path == saved.model.backbone.pretrained_path
+    assert again.model.text.pretrained_path == saved.model.text.pretrained_path
+    assert not (tmp_path / "second").exists()  # nothing trained
+
+    # pipelines/pretrain.py with the same settings finds the cache too, and --export copies the encoders out
+    # in the layout the pretrained_path fields take.
+    exported = tmp_path / "weights"
+    command = [sys.executable, "pipelines/pretrain.py", "--out", str(tmp_path / "stage1"), "--export", str(exported),
+               *overrides]
+    finished = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    console = [line for line in (finished.stdout + finished.stderr).splitlines() if line.strip()]
+    assert finished.returncode == 0, "\n".join(console[-30:])
+    assert console[0].startswith("[pretrain] stage 1: using the cached image and text encoders"), console
+    assert console[1:] == [f"[pretrain] model.backbone.pretrained_path={exported / 'image' / 'model.safetensors'}",
+                           f"[pretrain] model.text.pretrained_path={exported / 'text'}"]
+    run.model.backbone.pretrained_path = str(exported / "image" / "model.safetensors")
+    run.model.text.pretrained_path = str(exported / "text")
+    model = unip2.build_model(run.model, tokenizer_for(run.model.text))
+    assert torch.equal(model.backbone.body.state_dict()["conv1.0.weight"],
+                       load_file(exported / "image" / "model.safetensors")["conv1.0.weight"])

@@ -20,7 +20,7 @@ from unip2.training_setup import TaskLoss, build_optimizer
 
 from loop_hooks import FaultHooks
 
-SMALL = ["scale.num_workers=2", "scale.cpus_per_worker=0.5", "data.loader_cpus=0.25", "optim.warmup_steps=2",
+SMALL = ["pretrain.encoders=[]", "scale.num_workers=2", "scale.cpus_per_worker=0.5", "data.loader_cpus=0.25", "optim.warmup_steps=2",
          "train.log_every=2", "model.proposals.num_queries=12", "model.image_size=64"]
 
 

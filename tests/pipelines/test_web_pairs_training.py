@@ -23,7 +23,7 @@ from unip2.run_config import load_run_config
 from loop_hooks import FaultHooks
 
 REPO = Path(__file__).resolve().parents[2]
-SMALL = ["scale.num_workers=1", "scale.cpus_per_worker=0.5", "data.loader_cpus=0.25", "optim.warmup_steps=2",
+SMALL = ["pretrain.encoders=[]", "scale.num_workers=1", "scale.cpus_per_worker=0.5", "data.loader_cpus=0.25", "optim.warmup_steps=2",
          "train.log_every=4", "model.proposals.num_queries=12", "model.image_size=64",
          "tasks={captioning: {batch_size: 4}, retrieval: {batch_size: 4}}"]
 

@@ -1,6 +1,6 @@
 """The embedded default data, generated and converted on first use into a cache folder.
 
-    root = ensure_embedded_data(".cache/unip2", seed=0)   # → folder holding manifest.json
+    root = ensure_embedded_data(".cache/unip2", seed=0)   # → .cache/unip2/shapes-v2-seed0/parquet (manifest.json)
 
 Both steps write to a temporary folder and rename at the end, so an interrupted first run is simply
 redone; a finished cache is reused as is. A cache made before the generator wrote its Flickr30k-style
@@ -16,14 +16,14 @@ from pathlib import Path
 
 from unip2.data.manifest import MANIFEST_FILE
 from unip2.data.prepare import prepare
-from unip2.data.synthetic import SyntheticConfig, generate
+from unip2.data.synthetic import GENERATOR_VERSION, SyntheticConfig, generate
 
 FLICKR_JSON, FLICKR_IMAGES = Path("flickr30k") / "dataset_flickr30k.json", Path("flickr30k") / "flickr30k-images"
 
 
 def ensure_embedded_data(cache_dir: str | Path, *, seed: int = 0) -> Path:
     """Generate (if absent) and convert (if absent) the shapes world; returns the Parquet folder."""
-    base = Path(cache_dir).expanduser().resolve() / f"shapes-seed{seed}"
+    base = Path(cache_dir).expanduser().resolve() / f"shapes-v{GENERATOR_VERSION}-seed{seed}"
     raw, parquet = base / "raw", base / "parquet"
     manifest = parquet / MANIFEST_FILE
     if manifest.is_file() and "flickr30k" in json.loads(manifest.read_text())["datasets"]:

@@ -46,6 +46,9 @@ from unip2.data.scenes import Scene, render, sample_classification_scene, sample
 from unip2.data.shapes import CATEGORIES, encode_mask
 
 # The "part" element of every per-image seed.
+# The default output's version: part of the embedded cache folder's name, raised whenever the defaults change
+# what is generated, so a cache written by an older generator is not reused (2: 500 training images per class).
+GENERATOR_VERSION = 2
 _PART_COCO_TRAIN, _PART_COCO_VAL, _PART_CLS_TRAIN, _PART_CLS_VAL, _PART_KARPATHY, _PART_FLICKR = range(6)
 _FLICKR_FIRST_NAME = 1000000000  # Flickr30k files are named by photo id, e.g. 1000092795.jpg
 _RESTVAL_FRACTION = 0.1
@@ -64,8 +67,9 @@ class SyntheticConfig:
     """COCO-style train2017 images (detection, segmentation, captions)."""
     val_images: int = 300
     """COCO-style val2017 images; the Karpathy val and test splits are drawn from them."""
-    cls_train_per_class: int = 100
-    """ImageNet-style training images per category."""
+    cls_train_per_class: int = 500
+    """ImageNet-style training images per category (stage 1 pretrains the image encoder on them: with 100 a
+    classifier generalizes visibly worse, 0.64 against 0.74 top-1 after the same 300 steps of 32 at 64 px)."""
     cls_val_per_class: int = 20
     """ImageNet-style validation images per category."""
     flickr_images: int = 100

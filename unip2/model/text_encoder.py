@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import logging
 import os
 from pathlib import Path
 
@@ -56,16 +55,21 @@ def random_config(cfg: TextConfig, tokenizer: TextTokenizer | None) -> Pretraine
 
 
 @contextlib.contextmanager
-def _quiet_load_report():
-    """transformers logs a report of unexpected keys (a masked-LM head, the pooler) at every load;
-    ``load_pretrained`` checks the lists itself and names what matters, so the report is held back."""
-    logger = logging.getLogger("transformers.modeling_utils")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+def quiet_transformers():
+    """transformers reports every load and save (a report of unexpected keys such as a masked-LM head, a
+    note on unsharded layers, progress bars); ``load_pretrained`` checks the key lists itself and names what
+    matters, so these stay off the console."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     try:
         yield
     finally:
-        logger.setLevel(level)
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def load_pretrained(path: str | Path) -> PreTrainedModel:
@@ -83,7 +87,7 @@ def load_pretrained(path: str | Path) -> PreTrainedModel:
     if config.model_type not in FAMILIES:
         raise ValueError(f"text.pretrained_path: {path} holds a {config.model_type!r} model; supported: "
                          f"{', '.join(FAMILIES)}")
-    with _quiet_load_report():
+    with quiet_transformers():
         model, info = AutoModel.from_pretrained(path, config=config, local_files_only=True, add_pooling_layer=False,
                                                 attn_implementation="sdpa", dtype=torch.float32,
                                                 output_loading_info=True)

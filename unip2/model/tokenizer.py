@@ -104,6 +104,24 @@ class TextTokenizer:
             raise ValueError(f"{field}: the tokenizer in {path} has no tokens besides its special ones")
         return tokenizer
 
+    def save_transformers(self, folder: str | Path) -> None:
+        """Write a transformers tokenizer directory (``tokenizer.json`` and its special tokens) that
+        ``from_transformers`` and transformers' ``AutoTokenizer`` load back."""
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from transformers import PreTrainedTokenizerFast
+
+        backend = self._tokenizer
+        names = {role: backend.id_to_token(token_id) for role, token_id in self._ids.items()}
+        roles = dict(pad_token=names["pad"], bos_token=names["bos"], eos_token=names["eos"])
+        if names["bos"] == "[CLS]":  # BERT's family declares its ends as cls/sep
+            roles.update(cls_token=names["bos"], sep_token=names["eos"])
+        for role, candidates in (("unk_token", ("<unk>", "[UNK]")), ("mask_token", ("<mask>", "[MASK]"))):
+            found = next((name for name in candidates if backend.token_to_id(name) is not None), None)
+            if found is not None:
+                roles[role] = found
+        PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(backend.to_str()), **roles).save_pretrained(
+            str(folder))
+
     @classmethod
     def from_json(cls, text: str) -> "TextTokenizer":
         return cls(tokenizer=Tokenizer.from_str(text))

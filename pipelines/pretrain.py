@@ -1,0 +1,194 @@
+"""Stage 1 of the recipe: the encoders pretrained alone before the generalist (the paper starts from a supervised
+ImageNet Swin and a RoBERTa), on Ray like training.
+
+    python pipelines/pretrain.py                                    # the default run's stage 1 (cached)
+    python pipelines/pretrain.py --config pipelines/configs/long.yaml pretrain.image_steps=800
+    python pipelines/pretrain.py --export weights/                  # also copy the encoders out
+
+The image encoder (the backbone's timm architecture as a classifier) trains on the classification task's data,
+the text encoder (a masked LM of the configured family) on the language-modelling task's texts, each with its
+own AdamW (``pretrain.*`` in the run config). The result lands in ``<data.cache_dir>/pretrained/<key>/``, keyed
+by everything it depends on, as users download encoders: ``image/model.safetensors`` + ``config.json`` (timm's
+release layout) and ``text/`` (a transformers directory with its tokenizer), with ``metrics.json`` (validation
+accuracy of both, training curves). ``pipelines/train.py`` runs this on first use and then loads the result
+through ``model.backbone.pretrained_path`` / ``model.text.pretrained_path``, the path real weights take; an
+encoder given a ``pretrained_path`` is not pretrained here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import functools
+import hashlib
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from pipelines import ray_runtime  # (first: sets Ray's environment before ray is imported)
+from pipelines.pretrain_loop import METRICS, PretrainInputs, pretrain_loop_per_worker
+from pipelines.stream_spec import StreamSpec
+from unip2 import config_io
+from unip2.data.manifest import MANIFEST_FILE
+from unip2.model.tokenizer import tokenizer_for
+from unip2.pretraining import ENCODER_OF_TASK
+from unip2.run_config import RunConfig, TaskRunConfig, load_run_config
+
+TASK_OF_ENCODER = {encoder: task for task, encoder in ENCODER_OF_TASK.items()}
+IMAGE_WEIGHTS = Path("image") / "model.safetensors"
+
+
+def encoders_to_pretrain(run: RunConfig) -> list[str]:
+    """The encoders ``run.pretrain.encoders`` names that have no ``pretrained_path`` of their own."""
+    given = {"image": run.model.backbone.pretrained_path, "text": run.model.text.pretrained_path}
+    return [encoder for encoder in run.pretrain.encoders if given[encoder] is None]
+
+
+def stage1_run(run: RunConfig, encoders: list[str]) -> RunConfig:
+    """The run config stage 1 streams and trains: one task per encoder, weighted by its steps."""
+    stage = copy.deepcopy(run)
+    pretrain = run.pretrain
+    settings = {"image": (pretrain.image_batch_size, pretrain.image_steps),
+                "text": (pretrain.text_batch_size, pretrain.text_steps)}
+    stage.tasks = {}
+    for encoder in encoders:
+        task = TASK_OF_ENCODER[encoder]
+        batch_size, steps = settings[encoder]
+        datasets = run.tasks[task].datasets if task in run.tasks else None
+        stage.tasks[task] = TaskRunConfig(batch_size=batch_size, sampling_weight=float(steps), datasets=datasets)
+    stage.train.steps = sum(settings[encoder][1] for encoder in encoders)
+    stage.train.sampling = "unmixed"
+    stage.model.tasks["classification"].image_size = pretrain.image_size
+    return stage
+
+
+def cache_key(stage: RunConfig, data_root: Path) -> str:
+    """Hash of everything stage 1's result depends on: the encoders' architectures, the tokenizer, stage 1's
+    settings and the data (its manifest)."""
+    text = config_io.to_dict(stage.model.text) | {"pretrained_path": None, "tokenizer_path": None}
+    parts = {
+        "backbone": config_io.to_dict(stage.model.backbone) | {"pretrained_path": None},
+        "text": text, "tokenizer": tokenizer_for(stage.model.text).to_json(),
+        "pixels": [list(stage.model.pixel_mean), list(stage.model.pixel_std)],
+        "pretrain": config_io.to_dict(stage.pretrain), "tasks": {name: config_io.to_dict(task) for name, task in stage.tasks.items()},
+        "steps": stage.train.steps, "seed": stage.train.seed, "workers": stage.scale.num_workers,
+        "classes": stage.model.class_names.get("imagenet"),
+        "data": (data_root / MANIFEST_FILE).read_text(),
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def cache_folder(run: RunConfig, stage: RunConfig, data_root: Path) -> Path:
+    name = f"{run.model.backbone.name}-{'-'.join(sorted(stage.tasks))}-{cache_key(stage, data_root)}"
+    return Path(run.data.cache_dir).expanduser().resolve() / "pretrained" / name
+
+
+def run_stage1(stage: RunConfig, *, data_root: Path, out: Path, target: Path) -> dict:
+    """Train stage 1 on the connected Ray (run storage under ``out``; rerunning resumes) and move its outputs
+    into ``target``; returns its metrics."""
+    from pipelines.trainer import checkpoint_to_local, torch_trainer
+
+    inputs = PretrainInputs(stream=StreamSpec.of(stage, data_root),
+                            class_names=list(stage.model.class_names.get("imagenet") or []))
+    trainer = torch_trainer(stage, functools.partial(pretrain_loop_per_worker, inputs), name="pretrain",
+                            storage_path=None, out=out)
+    local = checkpoint_to_local(trainer.fit(), out / "last_checkpoint")
+    staging = target.with_name(target.name + ".partial")
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    for name in ("image", "text", METRICS):
+        if (local / name).exists():
+            shutil.move(str(local / name), staging / name)
+    config_io.save(stage, staging / "stage1_config.yaml")
+    staging.rename(target)  # a finished cache only ever appears whole
+    return json.loads((target / METRICS).read_text())
+
+
+def ensure_pretrained_encoders(run: RunConfig, data_root: Path, out: Path) -> RunConfig:
+    """Point every encoder that stage 1 covers at its cached pretraining, running stage 1 first when the cache
+    has no result for this configuration; returns the run with ``pretrained_path`` filled in."""
+    encoders = encoders_to_pretrain(run)
+    if not encoders:
+        return run
+    stage = stage1_run(run, encoders)
+    target = cache_folder(run, stage, data_root)
+    if not target.is_dir():
+        started = time.time()
+        print(f"[pretrain] stage 1: pretraining the {' and '.join(encoders)} encoder"
+              f"{'s' if len(encoders) > 1 else ''} ({stage.train.steps} steps); cached in {target}", flush=True)
+        metrics = run_stage1(stage, data_root=data_root, out=out / "pretrain", target=target)
+        shown = ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in metrics["validation"].items())
+        print(f"[pretrain] stage 1 done in {time.time() - started:.0f} s ({shown})", flush=True)
+    else:
+        print(f"[pretrain] stage 1: using the cached {' and '.join(encoders)} encoder"
+              f"{'s' if len(encoders) > 1 else ''} in {target}", flush=True)
+    run = copy.deepcopy(run)
+    if "image" in encoders:
+        run.model.backbone.pretrained_path = str(target / IMAGE_WEIGHTS)
+    if "text" in encoders:
+        run.model.text.pretrained_path = str(target / "text")
+    return run
+
+
+def pretrained_overrides(config_path: str | None, overrides: list[str], out: Path) -> list[str]:
+    """Stage 1 of a sweep's base run, once on its driver (Ray connected), before any trial: the overrides that
+    point every trial's encoders at the result (none when nothing is to be pretrained)."""
+    from pipelines.run_setup import resolve_data
+
+    run = load_run_config(config_path, overrides)
+    if not encoders_to_pretrain(run):
+        return []
+    root, manifest = resolve_data(run)
+    if not run.model.class_names:
+        run.model.class_names = {k: list(v) for k, v in manifest["class_names"].items()}
+    pretrained = ensure_pretrained_encoders(run, root, out)
+    paths = {"model.backbone.pretrained_path": (run.model.backbone, pretrained.model.backbone),
+             "model.text.pretrained_path": (run.model.text, pretrained.model.text)}
+    return [f"{field}={after.pretrained_path}" for field, (before, after) in paths.items()
+            if after.pretrained_path != before.pretrained_path]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="run config YAML (its model, data and pretrain sections are used)")
+    parser.add_argument("--out", help="run folder of stage 1 (default: runs/pretrain-<timestamp>)")
+    parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    parser.add_argument("--export", help="also copy the pretrained encoders into this folder")
+    parser.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. pretrain.image_steps=800")
+    args = parser.parse_args(argv)
+    from pipelines.run_setup import prepare_run
+
+    out = args.out or str(Path("runs") / time.strftime("pretrain-%Y%m%d-%H%M%S"))
+    try:
+        run, out_dir, data_root = prepare_run(args.config, args.overrides, out=out, address=args.address,
+                                              keep_logs=True, stage1=False)
+    except (ValueError, KeyError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    try:
+        if not encoders_to_pretrain(run):
+            print("[pretrain] nothing to pretrain: every encoder in pretrain.encoders has a pretrained_path",
+                  flush=True)
+            return 0
+        run = ensure_pretrained_encoders(run, data_root, out_dir)
+        paths = {"image": run.model.backbone.pretrained_path, "text": run.model.text.pretrained_path}
+        for encoder, path in paths.items():
+            if path is None:
+                continue
+            if args.export:
+                source = Path(path).parent if encoder == "image" else Path(path)
+                destination = Path(args.export) / encoder
+                shutil.copytree(source, destination, dirs_exist_ok=True)
+                path = str(destination / IMAGE_WEIGHTS.name) if encoder == "image" else str(destination)
+            field = "model.backbone.pretrained_path" if encoder == "image" else "model.text.pretrained_path"
+            print(f"[pretrain] {field}={path}", flush=True)
+        return 0
+    finally:
+        ray_runtime.disconnect()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

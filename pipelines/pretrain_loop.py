@@ -1,0 +1,178 @@
+"""``pretrain_loop_per_worker``: stage 1 on Ray Train — each encoder alone on its task's batches.
+
+The batches come from the same Ray Data step stream as stage 2 (``pipelines.step_stream``), for a run whose
+tasks are the stage-1 ones (classification → image encoder, language modelling → text encoder; see
+``pipelines.pretrain.stage1_run``). Each encoder has its own AdamW and its own one-cycle schedule over its own
+steps. At the end rank 0 measures both on the validation split and writes them as users download encoders
+(timm's release files, a transformers directory) into the final checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import ray.train
+import ray.train.torch
+import torch
+
+from pipelines.step_stream import stream_steps
+from pipelines.stream_spec import StreamSpec
+from unip2.data.row_reader import RowReader
+from unip2.model.tokenizer import TextTokenizer
+from unip2.optim import param_groups_for
+from unip2.pretraining import ENCODER_OF_TASK, EncoderPretraining
+from unip2.tasks import TASKS
+from unip2.training_setup import learning_rate, set_learning_rate
+
+STATE = "pretrain_state.pt"
+METRICS = "metrics.json"
+
+
+@dataclass(frozen=True)
+class PretrainInputs:
+    """What every worker's stage-1 loop receives (``pipelines.pretrain`` binds it)."""
+
+    stream: StreamSpec
+    """The stage-1 run (its tasks: the encoders' tasks) and its resolved data stream."""
+    class_names: list[str]
+    """The classifier's label names, in label order."""
+
+
+def _optimizers(model: EncoderPretraining, run) -> dict[str, torch.optim.AdamW]:
+    pretrain, optimizers = run.pretrain, {}
+    for task in run.tasks:
+        groups = param_groups_for(model.encoder(task), pretrain.weight_decay)
+        for group in groups:
+            group.pop("param_names", None)
+        optimizers[task] = torch.optim.AdamW(groups, lr=_peak(run, task), weight_decay=pretrain.weight_decay)
+    return optimizers
+
+
+def _peak(run, task: str) -> float:
+    return run.pretrain.image_lr if ENCODER_OF_TASK[task] == "image" else run.pretrain.text_lr
+
+
+def _planned_steps(run, task: str) -> int:
+    return run.pretrain.image_steps if ENCODER_OF_TASK[task] == "image" else run.pretrain.text_steps
+
+
+def pretrain_loop_per_worker(inputs: PretrainInputs) -> None:
+    spec, run = inputs.stream, inputs.stream.run
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
+    device = ray.train.torch.get_device()
+    if device.type != "cuda":
+        torch.set_num_threads(run.scale.threads_per_worker)
+    torch.manual_seed(run.train.seed)
+    tokenizer = TextTokenizer.from_json(spec.tokenizer_json)
+    encoders = tuple(ENCODER_OF_TASK[task] for task in run.tasks)
+    model = EncoderPretraining(run.model, tokenizer, num_classes=len(inputs.class_names), encoders=encoders,
+                               label_smoothing=run.pretrain.label_smoothing, class_names=inputs.class_names)
+    model = model.to(device)
+    optimizers = _optimizers(model, run)
+    state = {"step": 0, "task_steps": {task: 0 for task in run.tasks}, "history": []}
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            saved = torch.load(Path(directory) / STATE, map_location=device, weights_only=False)
+        model.load_state_dict(saved["model"])
+        for task, optimizer in optimizers.items():
+            optimizer.load_state_dict(saved["optimizers"][task])
+        state = saved["state"]
+        if rank == 0:
+            print(f"[pretrain] resumed at step {state['step']}", flush=True)
+    wrapped = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True})
+
+    total, window = run.train.steps, {task: [0.0, 0, 0, 0] for task in run.tasks}  # loss sum, steps, right, n
+    started = window_start = time.time()
+    stream = stream_steps(spec, rank=rank, start=state["step"], concurrency=run.data.loader_concurrency,
+                          num_cpus=run.data.loader_cpus, prefetch=run.data.prefetch_steps,
+                          steps_per_block=run.data.steps_per_block)
+    for step, task, np_batch, _bad_rows in stream:
+        if np_batch is None:
+            raise RuntimeError(f"step {step}: every row of the {task} batch was unreadable")
+        batch = TASKS[task].collate(np_batch, device)
+        planned = _planned_steps(run, task)
+        set_learning_rate(optimizers[task], learning_rate(
+            state["task_steps"][task], total_steps=planned, peak=_peak(run, task),
+            warmup_steps=int(run.pretrain.warmup_fraction * planned), min_ratio=0.0))
+        loss, right, count = wrapped(task, batch)
+        model.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizers[task].step()
+        state["task_steps"][task] += 1
+        state["step"] = step + 1
+        sums = window[task]
+        sums[0] += float(loss.detach())
+        sums[1] += 1
+        sums[2] += right
+        sums[3] += count
+        done = state["step"] == total
+        if state["step"] % run.train.log_every == 0 or done:
+            now = time.time()
+            entry = {"step": state["step"], "seconds": now - started}
+            for name, (loss_sum, steps, right_sum, n) in window.items():
+                if steps:
+                    entry[f"loss/{name}"], entry[f"accuracy/{name}"] = loss_sum / steps, right_sum / max(n, 1)
+            state["history"].append(entry)
+            if rank == 0:
+                speed = sum(sums[1] for sums in window.values()) / max(now - window_start, 1e-9)
+                shown = " ".join(f"{name} loss={entry[f'loss/{name}']:.3f} acc={entry[f'accuracy/{name}']:.3f}"
+                                 for name in run.tasks if f"loss/{name}" in entry)
+                print(f"[pretrain] step {state['step']}/{total} {shown} {speed:.2f} steps/s "
+                      f"ETA {(total - state['step']) / max(speed, 1e-9) / 60:.1f} min", flush=True)
+            window = {name: [0.0, 0, 0, 0] for name in run.tasks}
+            window_start = now
+        if state["step"] % run.train.checkpoint_every == 0 or done:
+            _report(state, model=model, optimizers=optimizers, rank=rank, spec=spec,
+                    tokenizer=tokenizer, final=done)
+    if rank == 0:
+        print(f"[pretrain] finished {total} steps in {time.time() - started:.0f} s", flush=True)
+
+
+@torch.no_grad()
+def validation_accuracy(model: EncoderPretraining, spec: StreamSpec, task: str, tokenizer: TextTokenizer,
+                        batch_size: int = 64) -> dict:
+    """The encoder's accuracy on the validation rows of its task's datasets (top-1 of the classifier; the
+    masked-token accuracy of the language model, masks drawn with a fixed seed)."""
+    reader = RowReader(spec.data_root, spec.run.train_datasets(task), "val")
+    rng, right, count = np.random.default_rng(0), 0, 0
+    model.eval()
+    for first in range(0, reader.num_rows, batch_size):
+        raw = reader.read(np.arange(first, min(first + batch_size, reader.num_rows)))
+        np_batch = TASKS[task].preprocess(raw, tokenizer=tokenizer, train=False, rng=rng, **spec.inputs(task))
+        _, batch_right, batch_count = model(task, TASKS[task].collate(np_batch, model.pixel_mean.device))
+        right, count = right + batch_right, count + batch_count
+    model.train()
+    return {"accuracy": right / max(count, 1), "predictions": count}
+
+
+def _report(state: dict, *, model: EncoderPretraining, optimizers: dict, rank: int, spec: StreamSpec,
+            tokenizer: TextTokenizer, final: bool) -> None:
+    metrics = {"step": state["step"]}
+    if rank != 0:
+        ray.train.report(metrics, checkpoint=None)
+        return
+    with tempfile.TemporaryDirectory() as directory:
+        torch.save({"model": model.state_dict(), "state": state,
+                    "optimizers": {task: opt.state_dict() for task, opt in optimizers.items()}},
+                   Path(directory) / STATE)
+        if final:  # the encoders as users download them, and how good they are
+            results = {"history": state["history"], "validation": {}}
+            if model.image is not None:
+                model.save_image_encoder(Path(directory) / "image")
+                results["validation"]["image_top1"] = validation_accuracy(model, spec, "classification", tokenizer)
+            if model.text is not None:
+                model.save_text_encoder(Path(directory) / "text", tokenizer)
+                results["validation"]["text_masked_accuracy"] = validation_accuracy(
+                    model, spec, "language_modelling", tokenizer)
+            (Path(directory) / METRICS).write_text(json.dumps(results, indent=2) + "\n")
+            shown = ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in results["validation"].items())
+            print(f"[pretrain] validation: {shown}", flush=True)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory),
+                         checkpoint_dir_name=f"checkpoint_{state['step']:07d}")
