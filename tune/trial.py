@@ -12,22 +12,28 @@ restarted after an interruption resumes its training from the last checkpoint th
 
 from __future__ import annotations
 
-import json
-import math
-import os
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 
-import ray.tune
-from ray.tune.integration.ray_train import TuneReportCallback
+_IMPORT_STARTED = time.time()  # a trial actor imports this module first: the start of its imports
 
-from pipelines.evaluation import evaluate
-from pipelines.run_setup import prepare_run
-from pipelines.train_checkpoint import read_state
-from pipelines.trainer import make_trainer
-from tune.objective import FLOOR, OBJECTIVE, PROGRESS, loss_progress, relative_objective, task_scores
-from tune.search_space import to_overrides
+import json  # noqa: E402
+import math  # noqa: E402
+import os  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import ray.tune  # noqa: E402
+from ray.tune.integration.ray_train import TuneReportCallback  # noqa: E402
+
+from pipelines.evaluation import evaluate  # noqa: E402
+from pipelines.run_setup import prepare_run  # noqa: E402
+from pipelines.train_checkpoint import read_state  # noqa: E402
+from pipelines.trainer import make_trainer  # noqa: E402
+from tune.objective import FLOOR, OBJECTIVE, PROGRESS, loss_progress, relative_objective, task_scores  # noqa: E402
+from tune.search_space import to_overrides  # noqa: E402
+from tune.trial_timeline import TrialClock, process_started  # noqa: E402
+
+_IMPORTED = time.time()
 
 
 @dataclass
@@ -84,21 +90,29 @@ def step_progress(losses: dict, reference: dict[int, dict[str, float]]) -> float
     return math.nan if progress is None else progress
 
 
-def train_and_evaluate(setup: TrialSetup, params: dict, out: Path, *, callbacks: list = ()) -> dict:
+def train_and_evaluate(setup: TrialSetup, params: dict, out: Path, *, callbacks: list = (),
+                       clock: TrialClock | None = None) -> dict:
     """Train the base config with ``params`` applied into run folder ``out``, then evaluate.
 
     Returns {"scores": {``<task>/<metric>``: value}, "losses": {step: {"loss/<task>": value}},
-    "train_s", "eval_s"}; also written to ``out/trial.json``.
+    "train_s", "eval_s"}; also written to ``out/trial.json``. ``clock``: marks the phases
+    (``tune.trial_timeline``).
     """
+    clock = clock or TrialClock()
     run, out, data_root = prepare_run(setup.config_path, [*setup.overrides, *to_overrides(params)], out=str(out))
+    clock.mark("prepared")
     started = time.time()
-    result = make_trainer(run, out=out, data_root=data_root, callbacks=callbacks).fit()
+    trainer = make_trainer(run, out=out, data_root=data_root, callbacks=callbacks)
+    clock.mark("trainer_built")
+    result = trainer.fit()
+    clock.mark("fit_returned")
     if result.error is not None:
         raise result.error
     trained = time.time()
     evaluation_settings = setup.evaluation
     with result.checkpoint.as_directory() as directory:
         history = read_state(directory)["history"]
+        clock.mark("checkpoint_opened")
         evaluation = evaluate(Path(directory) / "model", data_root, split=evaluation_settings.split,
                               tasks=list(run.tasks), out_dir=out / "evaluation",
                               max_images=evaluation_settings.max_images, meteor=evaluation_settings.meteor,
@@ -107,6 +121,7 @@ def train_and_evaluate(setup: TrialSetup, params: dict, out: Path, *, callbacks:
                 "losses": {entry["step"]: {k: v for k, v in entry.items() if k.startswith("loss/")}
                            for entry in history},
                 "train_s": trained - started, "eval_s": time.time() - trained}
+    clock.mark("evaluated")
     (out / "trial.json").write_text(json.dumps(measured, indent=2))
     return measured
 
@@ -114,12 +129,16 @@ def train_and_evaluate(setup: TrialSetup, params: dict, out: Path, *, callbacks:
 def run_trial(params: dict, *, setup: TrialSetup) -> None:
     """The Tune trainable (wrap with ``ray.tune.with_parameters(run_trial, setup=...)``)."""
     started = time.time()
+    clock = TrialClock(process_started=process_started(), module_import_start=_IMPORT_STARTED,
+                       module_imported=_IMPORTED, function_start=started)
     os.chdir(setup.cwd)
     out = Path(setup.sweep_dir) / "trials" / ray.tune.get_context().get_trial_id()
     losses = {int(step): value for step, value in setup.baseline["losses"].items()}
-    measured = train_and_evaluate(setup, params, out, callbacks=[ProgressReport(losses)])
+    measured = train_and_evaluate(setup, params, out, callbacks=[ProgressReport(losses)], clock=clock)
     scores = measured["scores"]
     last = max(measured["losses"])
+    clock.mark("reported")
+    clock.save(out)
     ray.tune.report({**scores, OBJECTIVE: relative_objective(scores, setup.baseline["scores"], floor=setup.floor),
                      PROGRESS: step_progress({"step": last, **measured["losses"][last]}, losses),
                      "train_s": measured["train_s"], "eval_s": measured["eval_s"],
