@@ -127,7 +127,7 @@ def train_log_marks(run_name: str, session_dir: str | Path | None = None) -> dic
 
 PHASES = [
     # (phase, from mark, to mark): consecutive where all marks exist
-    ("Tune: trial queued → actor requested, placement group, actor process", "driver_saw_trial", "module_import_start"),
+    ("Tune: trial queued → placement group, worker process, actor init", "driver_saw_trial", "module_import_start"),
     ("trial actor: import tune.trial (torch, Ray Train, project modules)", "module_import_start", "module_imported"),
     ("Tune: actor ready → trial function called", "module_imported", "function_start"),
     ("trial: run config + folder (prepare_run)", "function_start", "prepared"),
