@@ -83,6 +83,7 @@ def train_and_evaluate(setup: TrialSetup, params: dict, out: Path, *, callbacks:
     """
     clock = clock or TrialClock()
     run, out, data_root = prepare_run(setup.config_path, [*setup.overrides, *to_overrides(params)], out=str(out))
+    clock.keep_in(out)
     clock.mark("prepared")
     started = time.time()
     trainer = make_trainer(run, out=out, data_root=data_root, callbacks=callbacks)
@@ -124,7 +125,6 @@ def run_trial(params: dict, *, setup: TrialSetup) -> None:
     scores = measured["scores"]
     last = max(measured["losses"])
     clock.mark("reported")
-    clock.save(out)
     ray.tune.report({**scores, OBJECTIVE: relative_objective(scores, setup.baseline["scores"], floor=setup.floor),
                      PROGRESS: step_progress({"step": last, **measured["losses"][last]}, losses),
                      "train_s": measured["train_s"], "eval_s": measured["eval_s"],

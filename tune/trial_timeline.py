@@ -28,16 +28,24 @@ TIMELINE = "timeline.json"
 
 
 class TrialClock:
-    """Named timestamps of one trial, in the order they happen."""
+    """Named timestamps of one trial, in the order they happen; once ``keep_in`` names the run folder, every
+    mark is written there at once (a trial stopped early keeps the marks it reached)."""
 
     def __init__(self, **marks: float):
         self.marks: dict[str, float] = dict(marks)
+        self.folder: Path | None = None
+
+    def keep_in(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        self._write()
 
     def mark(self, name: str) -> None:
         self.marks[name] = time.time()
+        self._write()
 
-    def save(self, folder: Path) -> None:
-        (Path(folder) / TIMELINE).write_text(json.dumps(self.marks, indent=1))
+    def _write(self) -> None:
+        if self.folder is not None:
+            (self.folder / TIMELINE).write_text(json.dumps(self.marks, indent=1))
 
 
 def process_started() -> float:
@@ -159,15 +167,13 @@ def read_trial_marks(run_dir: Path) -> dict[str, float]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def sweep_phases(wall_s: float, trial_marks: dict[str, dict[str, float]]) -> dict:
-    """A sweep's ``Tuner.fit`` loop (``wall_s``) with trials run one at a time, split into each trial's
-    phases and the rest: {"trials": {trial id: [(phase, seconds)]}, "between_s" (Tuner construction,
-    loop setup and teardown, the gaps between trials), "inside_s" / "outside_s" (in / out of the trial
-    functions, summed)}. ``trial_marks``: each trial's merged marks (trial, Train's log, driver)."""
+def sweep_phases(wall_s: float, sum_trial_s: float, trial_marks: dict[str, dict[str, float]]) -> dict:
+    """A sweep's ``Tuner.fit`` loop (``wall_s``) with trials run one at a time: {"trials": {trial id: [(phase,
+    seconds)]}, "outside_s" (``wall_s`` minus the trials' own time ``sum_trial_s``), "between_s" (Tuner
+    construction, loop setup and teardown, the gaps between trials)}. ``trial_marks``: each trial's merged
+    marks (trial, Train's log, driver)."""
     spans = [m["trial_complete"] - m["driver_saw_trial"] for m in trial_marks.values()
              if "trial_complete" in m and "driver_saw_trial" in m]
-    inside = sum(m["reported"] - m["function_start"] for m in trial_marks.values()
-                 if "reported" in m and "function_start" in m)
-    ordered = sorted(trial_marks.items(), key=lambda item: item[1].get("function_start", 0.0))
+    ordered = sorted(trial_marks.items(), key=lambda item: item[1].get("driver_saw_trial", 0.0))
     return {"trials": {trial_id: phase_rows(marks) for trial_id, marks in ordered},
-            "between_s": wall_s - sum(spans), "inside_s": inside, "outside_s": wall_s - inside}
+            "outside_s": wall_s - sum_trial_s, "between_s": wall_s - sum(spans)}

@@ -49,16 +49,17 @@ def test_driver_callback_and_trial_clock_split_a_sweep(tmp_path):
     assert driver.trials["t1"]["driver_saw_trial"] == first_seen  # the first sighting is kept
     clock = TrialClock(module_imported=first_seen)
     clock.mark("function_start")
-    clock.mark("reported")
-    clock.save(tmp_path)
+    assert read_trial_marks(tmp_path) == {}  # nothing written before the run folder is known
+    clock.keep_in(tmp_path)
+    assert set(read_trial_marks(tmp_path)) == {"module_imported", "function_start"}
+    clock.mark("reported")  # written at once: a trial stopped early keeps what it reached
     driver.on_trial_result(2, [trial], trial, {})
     driver.on_trial_complete(3, [trial], trial)
     driver.on_experiment_end([trial])
     marks = {**read_trial_marks(tmp_path), **driver.trials["t1"]}
     assert marks["driver_saw_trial"] <= marks["function_start"] <= marks["reported"] <= marks["trial_complete"]
     wall = driver.loop_ended - driver.loop_started + 0.5
-    phases = sweep_phases(wall, {"t1": marks})
-    assert phases["inside_s"] == pytest.approx(marks["reported"] - marks["function_start"])
-    assert phases["outside_s"] == pytest.approx(wall - phases["inside_s"])
+    phases = sweep_phases(wall, 0.25, {"t1": marks})
+    assert phases["outside_s"] == pytest.approx(wall - 0.25)
     assert phases["between_s"] == pytest.approx(wall - (marks["trial_complete"] - marks["driver_saw_trial"]))
     assert read_trial_marks(tmp_path / "absent") == {}
