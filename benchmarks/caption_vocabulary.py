@@ -1,4 +1,4 @@
-"""Cost of captioning's candidate vocabulary: a restricted set (``tasks.caption_vocabulary: training_captions``)
+"""Cost of captioning's candidate vocabulary: a restricted set (``tasks.captioning.vocabulary: training_captions``)
 against every token of a 50,265-token RoBERTa vocabulary, with BASE's decoder and text encoder.
 
     python benchmarks/caption_vocabulary.py                      # CPU, 1 thread: 256/512/1024 candidates measured
@@ -46,14 +46,14 @@ def measure_one(candidates: int, *, preset: str, device: str, repeats: int, thre
 
     import unip2
     from benchmarks.gpu_step import padded_tokenizer
-    from unip2.tasks.captioning import TASK_FLAGS
+    from unip2.tasks import TASKS
 
     torch.set_num_threads(threads)
     device = torch.device(device)
     config = unip2.preset(preset)
     config.text.vocab_size = FULL
-    config.tasks.caption_vocabulary = "training_captions"
-    config.tasks.caption_token_ids = list(range(candidates))  # holds the end token (id 2)
+    config.tasks["captioning"].vocabulary = "training_captions"
+    config.tasks["captioning"].token_ids = list(range(candidates))  # holds the end token (id 2)
     torch.manual_seed(0)
     model = unip2.build_model(config, padded_tokenizer(config.text)).to(device).train()
     generator = torch.Generator().manual_seed(0)
@@ -90,7 +90,7 @@ def measure_one(candidates: int, *, preset: str, device: str, repeats: int, thre
         sync()
         start = time.perf_counter()
         with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
-            vocabulary = model.encode_vocabulary(token_is_target=True, **TASK_FLAGS)  # K×D
+            vocabulary = TASKS["captioning"].vocabulary(model)  # K×D: the restricted candidates, encoded
             logits = model.score(features, vocabulary, "vocabulary")  # B×L×K
             loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
         loss.backward()
@@ -99,7 +99,7 @@ def measure_one(candidates: int, *, preset: str, device: str, repeats: int, thre
     peak_mb = (peak_bytes() - before) / 2**20
     model.zero_grad(set_to_none=True)
     with FlopCounterMode(display=False) as counter:  # the work itself: load-independent, unlike the time
-        vocabulary = model.encode_vocabulary(token_is_target=True, **TASK_FLAGS)
+        vocabulary = TASKS["captioning"].vocabulary(model)
         F.cross_entropy(model.score(features, vocabulary, "vocabulary").flatten(0, 1).float(),
                         targets.flatten()).backward()
     return {"candidates": candidates, "time_s": min(times), "times_s": times, "peak_mb": peak_mb,

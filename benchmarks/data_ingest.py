@@ -30,23 +30,23 @@ MEASURE = "Ray Data rows/s / DataLoader rows/s"
 GOAL = ">= 1.0"
 
 
-def ingest_spec(data_root: str | Path, steps: int) -> dict:
-    """The default run's stream spec for one worker and ``steps`` steps."""
+def ingest_spec(data_root: str | Path, steps: int):
+    """The default run's stream spec (``StreamSpec``) for one worker and ``steps`` steps."""
     from benchmarks.run_inputs import default_run
-    from pipelines.trainer import stream_spec
+    from pipelines.stream_spec import StreamSpec
 
     run = default_run(data_root, [f"train.steps={steps}", "scale.num_workers=1"])
-    return stream_spec(run, Path(data_root))
+    return StreamSpec.of(run, Path(data_root))
 
 
 class StepDataset:
     """Map-style dataset: item t = worker ``rank``'s step-t batch, made by the training stream's own loader."""
 
-    def __init__(self, spec: dict, rank: int = 0):
+    def __init__(self, spec, rank: int = 0):
         self.spec, self.rank, self.loader = spec, rank, None
 
     def __len__(self) -> int:
-        return self.spec["total_steps"]
+        return self.spec.run.train.steps
 
     def __getitem__(self, step: int) -> dict:
         if self.loader is None:  # built in the worker process, like the Ray actor's heavy set-up
@@ -60,9 +60,9 @@ def keep_numpy(item: dict) -> dict:
     return item
 
 
-def _rows_per_second(batches, spec: dict, warmup: int) -> tuple[float, float]:
+def _rows_per_second(batches, spec, warmup: int) -> tuple[float, float]:
     """Consume ``batches`` (iterables of (task,) per step) → (rows/s after ``warmup`` steps, start-up s)."""
-    sizes = spec["batch_sizes"]
+    sizes = {name: task.batch_size for name, task in spec.run.tasks.items()}
     start = time.perf_counter()
     rows, timed_from, first_ready = 0, None, None
     for index, task in enumerate(batches):
@@ -75,7 +75,7 @@ def _rows_per_second(batches, spec: dict, warmup: int) -> tuple[float, float]:
     return rows / (time.perf_counter() - timed_from), first_ready
 
 
-def ray_data_rows(spec: dict, cpus: int, warmup: int, steps_per_block: int) -> tuple[float, float]:
+def ray_data_rows(spec, cpus: int, warmup: int, steps_per_block: int) -> tuple[float, float]:
     from pipelines.step_stream import stream_steps
 
     stream = stream_steps(spec, rank=0, start=0, concurrency=cpus, num_cpus=1, prefetch=2 * cpus,
@@ -83,7 +83,7 @@ def ray_data_rows(spec: dict, cpus: int, warmup: int, steps_per_block: int) -> t
     return _rows_per_second((task for _, task, _, _ in stream), spec, warmup)
 
 
-def dataloader_rows(spec: dict, cpus: int, warmup: int) -> tuple[float, float]:
+def dataloader_rows(spec, cpus: int, warmup: int) -> tuple[float, float]:
     import torch.utils.data
 
     loader = torch.utils.data.DataLoader(StepDataset(spec), batch_size=None, shuffle=False, num_workers=cpus,
@@ -116,7 +116,7 @@ def run(data_root: str | Path, *, steps: int = 120, rounds: int = 2, cpus: int =
     return result(KEY, measure=MEASURE, ours=ours, baseline=baseline, ratio=ours / baseline, goal=GOAL,
                   unit="rows/s", details={
                       "rounds_rows_per_s": figures, "first_batch_s": startup, "cpus": cpus, "steps": steps,
-                      "untimed_steps": warmup, "inputs": spec["inputs"], "steps_per_block": per_block,
+                      "untimed_steps": warmup, "inputs": {task: spec.inputs(task) for task in spec.run.tasks}, "steps_per_block": per_block,
                       "other_ratios": others,
                       "note": f"default-run step batches (8 rows, 5 tasks), {steps} steps, {per_block} steps per "
                               f"block, {cpus} Ray Data actors × 1 CPU vs {cpus} DataLoader workers; median of "

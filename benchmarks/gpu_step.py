@@ -41,6 +41,7 @@ from unip2.data.synthetic import SyntheticConfig, generate
 from unip2.model.tokenizer import TextTokenizer, tokenizer_for
 from unip2.run_config import RunConfig, TaskRunConfig, load_run_config
 from unip2.tasks import TASKS
+from unip2.tasks.base import input_options
 from unip2.training_setup import TaskLoss, build_optimizer, compile_model
 from unip2.training_step import TrainingStep
 
@@ -133,8 +134,8 @@ def task_batch(task_name: str, run: RunConfig, root: Path, tokenizer: TextTokeni
     task = TASKS[task_name]
     reader = RowReader(root, task.dataset, "train")
     rows = np.arange(run.tasks[task_name].batch_size) % reader.num_rows
-    return task.preprocess(reader.read(rows), image_size=run.image_size(task_name), tokenizer=tokenizer,
-                           train=True, rng=np.random.default_rng(0), max_text_length=run.data.max_text_length)
+    return task.preprocess(reader.read(rows), **input_options(run.model.task_input_settings(task_name)),
+                           tokenizer=tokenizer, train=True, rng=np.random.default_rng(0))
 
 
 def make_step(task_name: str, np_batch: dict, *, train_step: TrainingStep, device: torch.device):

@@ -39,13 +39,13 @@ def task_batches(run, data_root: str | Path, tokenizer, *, seed: int = 0) -> dic
     """One training batch per task of ``run``: its batch size of the first training rows, augmented."""
     from unip2.data.row_reader import RowReader
     from unip2.tasks import TASKS
+    from unip2.tasks.base import input_options
 
     out = {}
     for name in run.tasks:
         task = TASKS[name]
         reader = RowReader(data_root, task.dataset, "train")
         rows = np.arange(run.tasks[name].batch_size) % reader.num_rows
-        out[name] = task.preprocess(reader.read(rows), image_size=run.image_size(name), tokenizer=tokenizer,
-                                    train=True, rng=np.random.default_rng(seed),
-                                    max_text_length=run.data.max_text_length)
+        out[name] = task.preprocess(reader.read(rows), **input_options(run.model.task_input_settings(name)),
+                                    tokenizer=tokenizer, train=True, rng=np.random.default_rng(seed))
     return out

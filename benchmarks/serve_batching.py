@@ -1,12 +1,14 @@
-"""Serve's dynamic batching gain and its per-request overhead, from ``benchmarks/serve_latency.py``'s runs.
+"""Serve's dynamic batching gain, its per-request overhead and its throughput, from ``benchmarks/serve_latency.py``'s
+runs.
 
     python benchmarks/serve_batching.py [--requests 160 --task classification]   # starts a local Ray, 2 CPUs
 
 ``serve_batching_gain``: requests/s with 16 concurrent clients, ``max_batch_size=16`` (adaptive wait) over
-``max_batch_size=1``; its ceiling, the model's own gain from batches of 16 called in this process, is in
-``details``. ``serve_overhead_ms``: p50 latency of 1 client through Serve (the batching
-deployment) minus the p50 of the same request (preprocess → collate → predict) called in this process.
-An untrained tiny model; one torch thread in the replica and in the direct call.
+``max_batch_size=1``; its goal is 0.9 × the model's own gain from batches of 16 called in this process (the
+ceiling, measured in the same run). ``serve_overhead_ms``: p50 latency of 1 client through Serve minus the
+p50 of the same request (preprocess → collate → predict) called in this process. ``serve_throughput_ratio``:
+Serve's requests/s with 16 clients over the model's own images/s in batches of 16, preprocessing included,
+on the same images. An untrained tiny model; one torch thread in the replica and in the direct call.
 """
 
 from __future__ import annotations
@@ -20,13 +22,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.results_table import result  # noqa: E402
 
-GAIN = ("serve_batching_gain", "Serve req/s, dynamic batching / max_batch_size=1 (16 clients)", ">= 4")
-OVERHEAD = ("serve_overhead_ms", "Serve p50 − direct in-process p50 (1 client)", "<= 3")
+GAIN = ("serve_batching_gain", "Serve req/s, dynamic batching / max_batch_size=1 (16 clients)",
+        ">= 0.9 × the model's own gain")
+OVERHEAD = ("serve_overhead_ms", "Serve p50 − direct in-process p50 (1 client)", "<= 5")
+THROUGHPUT = ("serve_throughput_ratio", "Serve req/s (16 clients) / direct batched req/s, same images", ">= 0.8")
+GAIN_SHARE = 0.9
+"""Share of the model's own batching gain that Serve's must reach (the goal of ``serve_batching_gain``)."""
 
 
 def run(*, checkpoint: str | None = None, task: str = "classification", requests: int = 160,
         threads: int = 1, model_cpus: float = 1.0) -> list[dict]:
-    """Ray must be running and Serve not started. → [batching gain row, overhead row]."""
+    """Ray must be running and Serve not started. → [batching gain row, overhead row, throughput row]."""
     from benchmarks import serve_latency
 
     images = serve_latency.test_images()
@@ -41,8 +47,10 @@ def run(*, checkpoint: str | None = None, task: str = "classification", requests
     # The most batching can give: the model's own img/s in batches of 16 over one image at a time.
     ceiling = direct[16]["rps"] / direct[1]["rps"]
     overhead = batched[1]["p50_ms"] - direct[1]["p50_ms"]
+    parts = ", ".join(f"{name} {ms:.2f}" for name, ms in batched[1].get("parts_ms", {}).items())
     return [
-        result(GAIN[0], measure=GAIN[1], ours=batched[16]["rps"], baseline=single[16]["rps"], ratio=gain, goal=GAIN[2],
+        result(GAIN[0], measure=GAIN[1], ours=batched[16]["rps"], baseline=single[16]["rps"], ratio=gain,
+               goal=f">= {GAIN_SHARE * ceiling:.2f}",
                unit="req/s", details={**common, "direct_batching_ceiling": ceiling,
                                       "note": f"{task}, mean batch {batched[16]['batch']:.1f}; the model called "
                                               f"directly gains {ceiling:.2f}x from batches of 16 "
@@ -50,8 +58,12 @@ def run(*, checkpoint: str | None = None, task: str = "classification", requests
                                               f"ceiling of this ratio on this machine"}),
         result(OVERHEAD[0], measure=OVERHEAD[1], ours=batched[1]["p50_ms"], baseline=direct[1]["p50_ms"],
                ratio=overhead, goal=OVERHEAD[2], unit="ms", details={
-                   **common, "note": f"ratio column is the difference in ms; /healthz {batched['healthz_ms']:.1f} ms, "
-                                     f"/v1/stats {batched['stats_ms']:.1f} ms (median round trips)"}),
+                   **common, "note": f"ratio column is the difference in ms; median ms per part at 1 client: {parts}; "
+                                     f"/healthz {batched['healthz_ms']:.1f} ms (median round trip)"}),
+        result(THROUGHPUT[0], measure=THROUGHPUT[1], ours=batched[16]["rps"], baseline=direct[16]["rps"],
+               ratio=batched[16]["rps"] / direct[16]["rps"], goal=THROUGHPUT[2], unit="req/s", details={
+                   **common, "note": f"{task}, mean batch {batched[16]['batch']:.1f}; the direct side preprocesses "
+                                     f"and predicts batches of 16 in this process"}),
     ]
 
 

@@ -5,18 +5,19 @@
     python benchmarks/serve_latency.py --settings 16/adaptive 16/0.01 16/0 1/0 --threads 1
 
 Each setting ``BATCH/WAIT`` (max_batch_size / batch_wait_timeout_s, or ``adaptive``: wait only while the
-model is busy, at most 50 ms) starts the app on a local Ray (loopback port) and drives it with 1 and 16
-concurrent keep-alive HTTP clients (aiohttp, one event loop): p50 / p99 latency, requests/s, mean batch
-size, and the CPU time per request of each process (proxy, ingress, model replica). "direct" rows call
-preprocess → collate → predict in this process: one image at a time (1 client) and batches of 16 (16
-clients). Also measured: /healthz (HTTP + proxy → ingress) and /v1/stats (+ ingress → model hop).
+model is busy, at most 50 ms) starts the app on a local Ray (loopback port) and drives the task's image route
+(from the registry) with 1 and 16 concurrent keep-alive HTTP clients (aiohttp, one event loop): p50 / p99
+latency, requests/s, mean batch size, the CPU time per request of each process (proxy, model replica,
+client), and the median of each part of a request: the replica's ``Server-Timing`` parts (``serve.timing``:
+admit, parse, decode, queue, model, encode) and ``proxy`` = the client's total − the replica's time. "direct"
+rows call preprocess → collate → predict in this process: one image at a time (1 client) and batches of 16
+(16 clients). Also measured: /healthz (HTTP + proxy → replica, no model).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import glob
 import io
 import os
 import statistics
@@ -33,8 +34,31 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
-ENDPOINTS = {"classification": "/v1/classify", "detection": "/v1/detect",
-             "instance_segmentation": "/v1/segment", "captioning": "/v1/caption"}
+
+
+def image_route(task_name: str) -> str:
+    """The path of the task's first route taking one image and no required field (what ``drive`` sends)."""
+    from serve.request_models import params_model
+    from unip2.tasks import TASKS
+
+    for route in TASKS[task_name].routes:
+        if route.images == "one" and not any(f.is_required() for f in params_model(route).model_fields.values()):
+            return route.path
+    raise ValueError(f"task {task_name!r} has no route taking just an image")
+
+
+def image_tasks() -> list[str]:
+    """The registry's tasks that ``drive`` can send an image alone to."""
+    from unip2.tasks import TASKS
+
+    names = []
+    for name in TASKS:
+        try:
+            image_route(name)
+            names.append(name)
+        except ValueError:
+            pass
+    return names
 
 
 def tiny_checkpoint(folder: Path) -> str:
@@ -104,7 +128,10 @@ def direct(checkpoint: str, task_name: str, images: list[bytes], requests: int, 
 async def drive(url: str, images: list[bytes], clients: int, requests: int, path: str) -> dict:
     import aiohttp
 
+    from serve.timing import HEADER, parse_header
+
     latencies: list[float] = []
+    parts: list[dict[str, float]] = []
     counter = iter(range(requests))
 
     async def client(session):
@@ -115,14 +142,20 @@ async def drive(url: str, images: list[bytes], clients: int, requests: int, path
             async with session.post(url + path, data=form) as response:
                 await response.read()
                 assert response.status == 200, await response.text()
+                timing = parse_header(response.headers.get(HEADER, ""))
             latencies.append(time.perf_counter() - t0)
+            if "replica" in timing:
+                parts.append({**timing, "proxy": latencies[-1] * 1000 - timing["replica"]})
 
     connector = aiohttp.TCPConnector(limit=clients)
     async with aiohttp.ClientSession(connector=connector) as session:
         start = time.perf_counter()
         await asyncio.gather(*(client(session) for _ in range(clients)))
         wall = time.perf_counter() - start
-    return summary(latencies, wall)
+    out = summary(latencies, wall)
+    if parts:  # median of each part over the requests, in ms
+        out["parts_ms"] = {name: float(np.median([p[name] for p in parts])) for name in parts[0]}
+    return out
 
 
 async def round_trips(url: str, path: str, count: int = 100) -> float:
@@ -142,8 +175,8 @@ def cpu_seconds() -> dict[str, float]:
     """CPU seconds so far of this driver and of the Serve processes, by role."""
     import psutil
 
-    roles = {"ProxyActor": "proxy", ":Ingress": "ingress", ":Model": "model"}
-    out = {"proxy": 0.0, "ingress": 0.0, "model": 0.0, "client": 0.0}
+    roles = {"ProxyActor": "proxy", ":Model": "model"}
+    out = {"proxy": 0.0, "model": 0.0, "client": 0.0}
     for process in psutil.process_iter(["pid", "cmdline", "cpu_times"]):
         try:
             command = " ".join(process.info["cmdline"] or [])
@@ -175,7 +208,7 @@ def served(checkpoint: str, task: str, images, requests: int, batch_size: int, w
             return __import__("json").loads(response.read())["batches"][task]
 
     try:
-        path = ENDPOINTS[task]
+        path = image_route(task)
         asyncio.run(drive(url, images, 4, 16, path))  # warm connections and code paths
         out = {}
         for clients in (1, 16):
@@ -187,7 +220,6 @@ def served(checkpoint: str, task: str, images, requests: int, batch_size: int, w
             out[clients]["cpu_ms"] = {role: 1000 * (cpu_after[role] - cpu_before[role]) / requests
                                       for role in cpu_after}
         out["healthz_ms"] = asyncio.run(round_trips(url, "/healthz"))
-        out["stats_ms"] = asyncio.run(round_trips(url, "/v1/stats"))
     finally:
         stop_local()
     return out
@@ -196,7 +228,7 @@ def served(checkpoint: str, task: str, images, requests: int, batch_size: int, w
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", help="model folder (default: an untrained tiny model)")
-    parser.add_argument("--task", default="classification", choices=sorted(ENDPOINTS))
+    parser.add_argument("--task", default="classification", choices=image_tasks())
     parser.add_argument("--requests", type=int, default=160, help="requests per measurement")
     parser.add_argument("--settings", nargs="+", default=["16/adaptive", "16/0.01", "1/0"],
                         help="max_batch_size/batch_wait_timeout_s pairs; 'adaptive' waits while the model is busy")
@@ -222,17 +254,20 @@ def main(argv: list[str] | None = None) -> None:
             ray.shutdown()
 
     print(f"\ntask={args.task} requests={args.requests} torch_threads={args.threads} cpus={os.cpu_count()}")
-    print("| setting | clients | p50 ms | p99 ms | req/s | mean batch | CPU ms/req proxy / ingress / model / client |")
+    print("| setting | clients | p50 ms | p99 ms | req/s | mean batch | CPU ms/req proxy / replica / client |")
     print("|---|---|---|---|---|---|---|")
     for name, result in rows:
         for clients in (1, 16):
             r = result[clients]
             batch = f"{r['batch']:.1f}" if "batch" in r else str(clients)
-            cpu = " / ".join(f"{r['cpu_ms'][k]:.1f}" for k in ("proxy", "ingress", "model", "client")) \
-                if "cpu_ms" in r else "-"
+            cpu = " / ".join(f"{r['cpu_ms'][k]:.1f}" for k in ("proxy", "model", "client")) if "cpu_ms" in r else "-"
             print(f"| {name} | {clients} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['rps']:.1f} | {batch} | {cpu} |")
+    print("\nMedian ms of each part of a request (Server-Timing; proxy = client total − replica):")
     for name, result in rows[1:]:
-        print(f"{name}: /healthz {result['healthz_ms']:.1f} ms, /v1/stats {result['stats_ms']:.1f} ms (medians)")
+        for clients in (1, 16):
+            parts = result[clients].get("parts_ms", {})
+            print(f"{name}, {clients} clients: " + ", ".join(f"{k} {v:.2f}" for k, v in parts.items()))
+        print(f"{name}: /healthz {result['healthz_ms']:.1f} ms (median)")
 
 
 if __name__ == "__main__":

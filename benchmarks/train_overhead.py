@@ -59,7 +59,7 @@ def ray_train_step_s(run, data_root: Path, out: Path) -> tuple[float, list[dict]
 
 
 # ------------------------------------------------------------------------------------- baseline
-def _bare_worker(rank: int, world_size: int, port: int, run_dict: dict, spec: dict, out: str) -> None:
+def _bare_worker(rank: int, world_size: int, port: int, spec, out: str) -> None:
     """One process of the bare loop: the training loop's step without Ray."""
     import torch
     import torch.distributed as dist
@@ -68,10 +68,8 @@ def _bare_worker(rank: int, world_size: int, port: int, run_dict: dict, spec: di
 
     import unip2
     from benchmarks.data_ingest import StepDataset, keep_numpy
-    from unip2 import config_io
     from unip2.distributed import gather_with_grad
     from unip2.model.tokenizer import TextTokenizer
-    from unip2.run_config import RunConfig
     from unip2.tasks import TASKS
     from unip2.tasks.base import local_gather
     from unip2.training_setup import TaskLoss, build_optimizer, learning_rate, set_learning_rate
@@ -79,10 +77,10 @@ def _bare_worker(rank: int, world_size: int, port: int, run_dict: dict, spec: di
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
-    run = config_io.from_dict(RunConfig, run_dict)
+    run = spec.run
     torch.set_num_threads(run.scale.threads_per_worker)
     torch.manual_seed(run.train.seed)
-    model = unip2.build_model(run.model, TextTokenizer.from_json(spec["tokenizer_json"]))
+    model = unip2.build_model(run.model, TextTokenizer.from_json(spec.tokenizer_json))
     optimizer = build_optimizer(model, name=run.optim.name, lr=run.optim.lr, betas=run.optim.betas,
                                 eps=run.optim.eps, weight_decay=run.optim.weight_decay,
                                 backbone_lr_scale=run.optim.backbone_lr_scale)
@@ -123,12 +121,11 @@ def _free_port() -> int:
 def bare_step_s(run, data_root: Path, out: Path) -> tuple[float, list[dict]]:
     import torch.multiprocessing
 
-    from pipelines.trainer import stream_spec
-    from unip2 import config_io
+    from pipelines.stream_spec import StreamSpec
 
     history_file = out / "bare_history.json"
     torch.multiprocessing.spawn(_bare_worker, nprocs=run.scale.num_workers, join=True, args=(
-        run.scale.num_workers, _free_port(), config_io.to_dict(run), stream_spec(run, data_root), str(history_file)))
+        run.scale.num_workers, _free_port(), StreamSpec.of(run, data_root), str(history_file)))
     history = json.loads(history_file.read_text())
     return steady_step_s(history, run.train.log_every), history
 

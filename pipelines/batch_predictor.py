@@ -1,11 +1,11 @@
 """The ``map_batches`` side of batch evaluation: rows of several datasets in one stream, one loaded
 checkpoint per actor, each row predicted by every task reading its dataset.
 
-Input rows (``ROW_SCHEMA``, made by ``to_row_schema`` from each dataset's Parquet columns): ``dataset``,
-``image``, ``image_id``, and the annotations the metrics need, null where a dataset has none:
-``label`` (imagenet) and ``captions`` (coco_captions; retrieval also embeds them).
+Input rows (``row_schema()``, made by ``to_row_schema`` from each dataset's Parquet columns): ``dataset``,
+``image``, ``image_id``, and every registered task's ``eval_columns`` (the annotations its prediction and
+metric read, e.g. ``label``, ``captions``), null where a dataset has none.
 
-Output rows keep ``dataset``, ``image_id``, ``label`` and ``captions`` (as a JSON list) and add, for
+Output rows keep ``dataset``, ``image_id`` and the annotation columns (each value as JSON) and add, for
 every task, two plain columns, null for rows of other datasets, so ragged predictions never meet
 Arrow's type inference and every batch has the same schema:
 
@@ -26,35 +26,44 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-UNDECODABLE = "undecodable image"
-ANNOTATIONS = ("label", "captions")
-ROW_SCHEMA = pa.schema([
-    pa.field("dataset", pa.string()),
-    pa.field("image", pa.binary()),
-    pa.field("image_id", pa.int64()),
-    pa.field("label", pa.int64()),
-    pa.field("captions", pa.list_(pa.string())),
-])
+from unip2.data.parquet_schema import SCHEMAS
+
+def annotation_columns() -> dict[str, pa.DataType]:
+    """Every registered task's ``eval_columns`` with its Arrow type (from the task's dataset schema)."""
+    from unip2.tasks import TASKS
+
+    columns: dict[str, pa.DataType] = {}
+    for task in TASKS.values():
+        for name in task.eval_columns:
+            columns.setdefault(name, SCHEMAS[task.dataset].field(name).type)
+    return columns
+
+
+def row_schema() -> pa.Schema:
+    return pa.schema([pa.field("dataset", pa.string()), pa.field("image", pa.binary()),
+                      pa.field("image_id", pa.int64()),
+                      *(pa.field(name, kind) for name, kind in annotation_columns().items())])
 
 
 def to_row_schema(batch: pa.Table, dataset: str) -> pa.Table:
-    """One dataset's Parquet rows (``image``, ``image_id`` and any of ``ANNOTATIONS``) → ``ROW_SCHEMA``."""
+    """One dataset's Parquet rows (``image``, ``image_id`` and any annotation columns) → ``row_schema()``."""
+    schema = row_schema()
     columns = {"dataset": pa.array([dataset] * batch.num_rows, pa.string())}
-    for field in ROW_SCHEMA:
+    for field in schema:
         if field.name in batch.column_names:
             columns[field.name] = batch.column(field.name).cast(field.type)
         elif field.name != "dataset":
             columns[field.name] = pa.nulls(batch.num_rows, field.type)
-    return pa.table(columns, schema=ROW_SCHEMA)
+    return pa.table(columns, schema=schema)
 
 
 class BatchPredictor:
-    """Predictions for batches of ``ROW_SCHEMA`` rows.
+    """Predictions for batches of ``row_schema()`` rows.
 
     Args:
         checkpoint_dir: a directory written by ``unip2.save``.
         tasks_by_dataset: {dataset: names of the ``unip2.tasks.TASKS`` that read it}.
-        columns_by_dataset: {dataset: the ``ANNOTATIONS`` columns it has} (passed to ``preprocess``).
+        columns_by_dataset: {dataset: the annotation columns it has} (passed to ``preprocess``).
         options: {task name: keyword options of that task's ``predict``} (e.g. ``class_names``).
     """
 
@@ -88,9 +97,10 @@ class BatchPredictor:
                     plain = {k: v for k, v in prediction.items() if k not in numeric}
                     text[task.name][position] = json.dumps(plain, default=_plain)
                     arrays[task.name][position] = _npz_bytes(numeric) if numeric else None
-        captions = [None if c is None else json.dumps(c) for c in batch.column("captions").to_pylist()]
-        columns = {"dataset": batch.column("dataset"), "image_id": batch.column("image_id"),
-                   "label": batch.column("label"), "captions": pa.array(captions, pa.string())}
+        columns = {"dataset": batch.column("dataset"), "image_id": batch.column("image_id")}
+        for name in annotation_columns():
+            values = batch.column(name).to_pylist()
+            columns[name] = pa.array([None if v is None else json.dumps(v) for v in values], pa.string())
         for name in text:
             columns[name] = pa.array(text[name], pa.string())
             columns[f"{name}:arrays"] = pa.array(arrays[name], pa.binary())
@@ -98,14 +108,11 @@ class BatchPredictor:
 
     def predict_rows(self, task, rows: dict[str, list]) -> list[dict]:
         """One prediction per row, in row order; rows whose image does not decode get ``skipped``."""
-        good, reasons = list(range(len(rows["image"]))), {}
-        try:
-            arrays = self._preprocess(task, rows)
-        except ValueError as error:
-            if UNDECODABLE not in str(error):
-                raise
-            good, reasons = self._decodable(task, rows)
-            arrays = self._preprocess(task, {k: [v[i] for i in good] for k, v in rows.items()}) if good else None
+        from unip2.tasks.base import input_options
+
+        arrays, good, reasons = task.preprocess_decodable(
+            rows, **input_options(self.model.config.task_input_settings(task.name)), tokenizer=self.model.tokenizer,
+            train=False, rng=np.random.default_rng(0))
         predictions = []
         if arrays is not None:
             predictions = task.predict(self.model, task.collate(arrays, device=self.device),
@@ -113,26 +120,6 @@ class BatchPredictor:
         by_row = dict(zip(good, predictions))
         return [by_row[i] if i in by_row else {"image_id": int(rows["image_id"][i]), "skipped": reasons[i]}
                 for i in range(len(rows["image"]))]
-
-    def _preprocess(self, task, rows: dict[str, list]) -> dict[str, np.ndarray]:
-        """The task's own preprocessing, with the input settings the checkpoint was trained with."""
-        from unip2.tasks.base import input_options
-
-        return task.preprocess(rows, **input_options(self.model.config.task_input_settings(task.name)),
-                               tokenizer=self.model.tokenizer, train=False, rng=np.random.default_rng(0))
-
-    def _decodable(self, task, rows: dict[str, list]) -> tuple[list[int], dict[int, str]]:
-        """Row by row: indices that preprocess, and the reason for each that does not."""
-        good, reasons = [], {}
-        for index in range(len(rows["image"])):
-            try:
-                self._preprocess(task, {k: v[index:index + 1] for k, v in rows.items()})
-                good.append(index)
-            except ValueError as error:
-                if UNDECODABLE not in str(error):
-                    raise
-                reasons[index] = str(error)
-        return good, reasons
 
 
 def decode_predictions(table: pa.Table, task_name: str) -> list[dict]:

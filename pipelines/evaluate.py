@@ -19,7 +19,8 @@ Retrieval is also evaluated zero-shot on the Flickr30k test split when the data 
 
 Joins the Ray cluster at RAY_ADDRESS when set, else starts a local one. Writes metrics.json, report.md,
 predictions.png, detections.json, segmentations.json and captions.json into --out (see
-pipelines/evaluation.py) and prints metrics.json. ``--class-names FILE``: a ``.json`` file
+pipelines/evaluation.py) and prints metrics.json; Ray's own messages go to --out's ``logs/`` (see
+pipelines/ray_runtime.py), off the console. ``--class-names FILE``: a ``.json`` file
 {"imagenet": [...], "coco": [...]} replaces the candidate names of those label spaces; any other file
 holds one name per line and replaces the candidates of every evaluated task that has class names.
 Exit status 2: bad input (missing or incomplete checkpoint or data, no --data and no recorded training
@@ -68,15 +69,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error.args[0] if isinstance(error, KeyError) else error}", file=sys.stderr)
         return 2
 
-    import ray
-
-    ray_runtime.connect()  # RAY_ADDRESS if set, else a local Ray
+    ray_runtime.connect(log_dir=Path(args.out) / "logs")  # RAY_ADDRESS if set, else a local Ray
     try:
         metrics = evaluate(args.checkpoint, data, split=args.split, tasks=tasks, out_dir=args.out,
                            class_names=class_names, concurrency=args.concurrency, batch_size=args.batch_size,
                            max_images=args.max_images, num_cpus=args.num_cpus, meteor=not args.fast)
     finally:
-        ray.shutdown()
+        ray_runtime.disconnect()
     print(json.dumps(metrics, indent=2))
     return 0
 

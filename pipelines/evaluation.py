@@ -16,8 +16,9 @@ Phases:
    stream → ``map_batches(BatchPredictor)``, an actor pool of ``concurrency`` actors that each load the
    checkpoint once (one GPU each when the cluster has GPUs, else ``num_cpus``) and predict every task
    reading the row's dataset, each with the input settings the checkpoint records for it
-   (``ModelConfig.task_input_settings``); the driver gathers the rows.
-3. Metrics on the driver (``pipelines.task_metrics`` → ``unip2.eval``), then the files in ``out_dir``:
+   (``ModelConfig.task_input_settings``); the driver gathers the rows. ``in_process=True`` (sweep trials
+   on CPU clusters) predicts the same rows in the caller's process instead (``predict_in_process``).
+3. Metrics on the driver (each task's ``evaluate`` → ``unip2.eval``), then the files in ``out_dir``:
    ``metrics.json``, ``detections.json`` / ``segmentations.json`` (COCO results), ``captions.json``,
    ``report.md`` (paper Table 6 layout) and ``predictions.png`` (a grid of predictions).
 """
@@ -35,16 +36,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipelines.batch_predictor import ANNOTATIONS, BatchPredictor, decode_predictions, to_row_schema
+from pipelines.batch_predictor import BatchPredictor, annotation_columns, decode_predictions, to_row_schema
 from pipelines.evaluation_report import write_report
 from pipelines.prediction_grid import draw_prediction_grid, grid_panels
 from pipelines.ray_runtime import cluster_has_gpus
-from pipelines.task_metrics import TASK_METRICS, MetricContext, TaskOutput
 from pipelines.train_checkpoint import model_folder
 from unip2.config import ModelConfig
 from unip2.data.manifest import load_manifest, split_files
 from unip2.persistence import WEIGHTS, load_config
 from unip2.tasks import TASKS, get_task
+from unip2.tasks.outputs import MetricContext, TaskOutput
 
 logger = logging.getLogger("pipelines.evaluation")
 
@@ -125,9 +126,9 @@ def plan_evaluation(checkpoint_dir: str | Path, data_root: str | Path, *, split:
         if name not in names:
             continue
         for dataset, zero_shot_split in TASKS[name].zero_shot_splits:  # optional data: absent = not evaluated
-            if _missing_data(TASKS[name], manifest, dataset, zero_shot_split) is None:
+            if TASKS[name].missing_evaluation_data(manifest, dataset, zero_shot_split) is None:
                 plan.zero_shot.append(Evaluation(f"{name}_{dataset}", name, dataset, zero_shot_split))
-        reason = _missing_data(TASKS[name], manifest, TASKS[name].dataset, split)
+        reason = TASKS[name].missing_evaluation_data(manifest, TASKS[name].dataset, split)
         if reason:
             plan.skipped_tasks[name] = reason
             continue
@@ -204,9 +205,11 @@ def evaluate(checkpoint_dir: str | Path, data_root: str | Path, *, split: str = 
     manifest = plan.manifest
     instances = manifest.get("annotations", {}).get("instances", {}).get(split)
     captions = manifest.get("annotations", {}).get("captions", {}).get(split)
+    annotation_files = {kind: Path(files[split]) for kind, files in manifest.get("annotations", {}).items()
+                        if files.get(split)}
     context = MetricContext(out_dir=out_dir, data_class_names=manifest["class_names"],
-                            category_ids=manifest.get("coco_category_ids", []),
-                            instances_file=Path(instances) if instances else None, meteor=meteor)
+                            category_ids=manifest.get("coco_category_ids", []), annotation_files=annotation_files,
+                            meteor=meteor)
     metrics: dict = {}
     files: dict[str, str] = {}
     skipped_images: dict[str, int] = {}
@@ -217,7 +220,7 @@ def evaluate(checkpoint_dir: str | Path, data_root: str | Path, *, split: str = 
         if not output.predictions:
             plan.skipped_tasks[entry.key] = "no decodable image in the split"
             continue
-        metrics[entry.key], written = TASK_METRICS[entry.task](output, context)
+        metrics[entry.key], written = TASKS[entry.task].evaluate(output, context)
         files |= written
         if entry.key == entry.task:
             outputs[entry.task] = output
@@ -261,7 +264,7 @@ def predict_splits(checkpoint_dir: Path, files: dict[str, list[Path]], tasks_by_
         parts, columns = [], {}
         for dataset, paths in files.items():
             names = pq.read_schema(paths[0]).names
-            columns[dataset] = [name for name in ANNOTATIONS if name in names]
+            columns[dataset] = [name for name in annotation_columns() if name in names]
             part = ray.data.read_parquet([str(p) for p in paths]).select_columns(
                 ["image", "image_id", *columns[dataset]])
             if max_images is not None:
@@ -293,7 +296,8 @@ def predict_in_process(checkpoint_dir: Path, files: dict[str, list[Path]], tasks
     also ends a batch at a block's end, so splits read as several blocks may differ in the last digits."""
     import torch
 
-    columns = {dataset: [name for name in ANNOTATIONS if name in pq.read_schema(paths[0]).names]
+    annotations = annotation_columns()
+    columns = {dataset: [name for name in annotations if name in pq.read_schema(paths[0]).names]
                for dataset, paths in files.items()}
     predictor = BatchPredictor(str(checkpoint_dir), tasks_by_dataset, columns, options)
     tables = {}
@@ -345,12 +349,10 @@ def _task_output(table: pa.Table, task_name: str) -> tuple[TaskOutput, int]:
     for prediction in predictions:
         if "skipped" in prediction:
             logger.warning("%s: image %s skipped: %s", task_name, prediction["image_id"], prediction["skipped"])
-    output = TaskOutput([predictions[i] for i in keep])
-    labels, references = table.column("label").to_pylist(), table.column("captions").to_pylist()
-    if any(label is not None for label in labels):
-        output.labels = [labels[i] for i in keep]
-    if any(captions is not None for captions in references):
-        output.references = [json.loads(references[i]) for i in keep]
+    annotations = {name: [None if v is None else json.loads(v) for v in table.column(name).to_pylist()]
+                   for name in TASKS[task_name].eval_columns}
+    output = TaskOutput([predictions[i] for i in keep], {name: [values[i] for i in keep]
+                                                         for name, values in annotations.items()})
     return output, len(predictions) - len(keep)
 
 
@@ -365,20 +367,6 @@ def _images_by_id(plan: EvaluationPlan, dataset: str, image_ids: list[int]) -> d
             if len(found) == len(wanted):
                 return found
     return found
-
-
-def _missing_data(task, manifest: dict, dataset: str, split: str) -> str | None:
-    """Why ``task`` cannot be evaluated on ``split`` of ``dataset`` in this data, or None."""
-    splits = manifest["datasets"].get(dataset, {}).get("splits", {})
-    if split not in splits:
-        return f"no {dataset}/{split} in the data (present: {sorted(splits) or 'none'})"
-    if not splits[split].get("rows"):
-        return f"{dataset}/{split} has no rows"
-    if dataset == "coco_instances" and not manifest.get("annotations", {}).get("instances", {}).get(split):
-        return f"no COCO instances annotation file for split {split!r} in the manifest"
-    if task.label_space is not None and task.label_space not in manifest.get("class_names", {}):
-        return f"the data has no class names for label space {task.label_space!r}"
-    return None
 
 
 def _check_class_names(space: str, checkpoint: list[str], data: list[str], checkpoint_dir, data_root) -> None:

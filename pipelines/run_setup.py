@@ -11,7 +11,6 @@ import pyarrow.parquet as pq
 from pipelines import ray_runtime
 from unip2 import config_io
 from unip2.config_io import ConfigError
-from unip2.data.caption_vocabulary import training_caption_token_ids
 from unip2.data.embedded import ensure_embedded_data
 from unip2.data.manifest import load_manifest, split_files
 from unip2.data.parquet_schema import SCHEMAS
@@ -66,22 +65,22 @@ def check_data(run: RunConfig, manifest: dict, root: Path) -> None:
             raise ConfigError(f"model.class_names.{space}", f"no class names for the {task} task")
 
 
-def resolve_caption_vocabulary(run: RunConfig, root: Path, manifest: dict) -> None:
-    """Under ``model.tasks.caption_vocabulary: training_captions``, fill ``caption_token_ids`` from the
-    training captions of the captioning dataset, once: a resumed run keeps the ids it saved."""
-    options = run.model.tasks
-    if options.caption_vocabulary != "training_captions" or options.caption_token_ids:
-        return
-    datasets = run.train_datasets("captioning") if "captioning" in run.tasks else [TASKS["captioning"].dataset]
-    if train_rows(manifest, datasets) == 0:
-        raise ConfigError("model.tasks.caption_vocabulary", f"training_captions needs training captions, and "
-                                                            f"{' + '.join(datasets)} has no 'train' rows")
-    options.caption_token_ids = training_caption_token_ids(root, datasets, tokenizer_for(run.model.text))
+def fill_task_options(run: RunConfig, root: Path, manifest: dict) -> None:
+    """Every task's options that a training run derives from its data, once, before it starts (e.g. captioning's
+    candidate tokens from the training captions): a resumed run keeps what it saved."""
+    tokenizer = tokenizer_for(run.model.text)
+    for name, task in TASKS.items():
+        datasets = run.train_datasets(name) if name in run.tasks else [task.dataset]
+        options = run.model.task_options(name)
+        task.fill_options(options, data_root=root, datasets=datasets, train_rows=train_rows(manifest, datasets),
+                          tokenizer=tokenizer)
+        run.model.tasks[name] = options
 
 
 def prepare_run(config_path: str | None, overrides: list[str], *, out: str | None = None,
-                address: str | None = None) -> tuple[RunConfig, Path, Path]:
-    """Load and validate the config, connect to Ray, make the data ready → (run, run folder, data root)."""
+                address: str | None = None, keep_logs: bool = False) -> tuple[RunConfig, Path, Path]:
+    """Load and validate the config, connect to Ray, make the data ready → (run, run folder, data root).
+    ``keep_logs``: Ray's logs go to the run folder's ``logs/``, off the console (see ``ray_runtime.connect``)."""
     run = load_run_config(config_path, overrides)
     out_dir = Path(out or run.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")).resolve()
     previous = out_dir / "run_config.yaml"
@@ -92,10 +91,10 @@ def prepare_run(config_path: str | None, overrides: list[str], *, out: str | Non
         run.model.class_names = {k: list(v) for k, v in manifest["class_names"].items()}
     config_io.validate(run)
     check_data(run, manifest, root)
-    resolve_caption_vocabulary(run, root, manifest)
+    fill_task_options(run, root, manifest)
     run.out = str(out_dir)
     run.data.root = str(root)
     out_dir.mkdir(parents=True, exist_ok=True)
     config_io.save(run, previous)
-    ray_runtime.connect(address or run.scale.address)
+    ray_runtime.connect(address or run.scale.address, log_dir=out_dir / "logs" if keep_logs else None)
     return run, out_dir, root

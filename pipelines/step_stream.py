@@ -19,30 +19,23 @@ from collections import Counter
 import numpy as np
 import ray
 
+from pipelines.stream_spec import StreamSpec
 from unip2.data.row_reader import RowReader
 from unip2.model.tokenizer import TextTokenizer
-from unip2.sampling import TrainingPlan
 from unip2.tasks import TASKS
-
-
-def plan_for(spec: dict) -> TrainingPlan:
-    """The run's training plan from the plain-dict ``spec`` made by ``stream_spec``."""
-    return TrainingPlan(tasks=spec["tasks"], ratios=spec["ratios"], batch_sizes=spec["batch_sizes"],
-                        num_rows=spec["num_rows"], num_workers=spec["num_workers"], total_steps=spec["total_steps"],
-                        seed=spec["seed"], mode=spec["mode"], window=spec["window"], anchor=spec.get("anchor"))
+from unip2.tasks.preprocessing import UndecodableImage
 
 
 class StepBatchLoader:
     """Ray Data ``map_batches`` class: {"data": [t]} → {"payload": [pickled numpy batch of step t]}."""
 
-    def __init__(self, spec: dict, rank: int):
+    def __init__(self, spec: StreamSpec, rank: int):
         self.spec, self.rank = spec, rank
-        self.plan = plan_for(spec)
-        self.tokenizer = TextTokenizer.from_json(spec["tokenizer_json"])
+        self.plan = spec.plan()
+        self.tokenizer = TextTokenizer.from_json(spec.tokenizer_json)
         # A task's datasets read as one row space (the plan's num_rows counts them together).
-        datasets = spec.get("datasets", {})
-        self.readers = {task: RowReader(spec["data_root"], datasets.get(task, TASKS[task].dataset), "train")
-                        for task in spec["tasks"]}
+        self.readers = {task: RowReader(spec.data_root, spec.run.train_datasets(task), "train")
+                        for task in spec.run.tasks}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         payloads = [pickle.dumps(self.load(int(step)), protocol=5) for step in batch["data"]]
@@ -52,26 +45,15 @@ class StepBatchLoader:
         task_name, rows = self.plan.rows_at(step, self.rank)
         task = TASKS[task_name]
         raw = self.readers[task_name].read(rows)
-        options = dict(**self.spec["inputs"][task_name], tokenizer=self.tokenizer, train=True)
-        rng = np.random.default_rng([self.spec["seed"], 15485863, step, self.rank])
-        skipped: Counter = Counter()
-        try:
-            batch = task.preprocess(raw, rng=rng, **options)
-        except ValueError:
-            # Some row is bad: keep the good ones, count the rest (the step still trains).
-            keep = []
-            for index in range(len(rows)):
-                try:
-                    task.preprocess({k: v[index:index + 1] for k, v in raw.items()}, rng=rng, **options)
-                    keep.append(index)
-                except ValueError as err:
-                    skipped[str(err).split(":")[0]] += 1
-            raw = {k: [v[i] for i in keep] for k, v in raw.items()}
-            batch = task.preprocess(raw, rng=rng, **options) if keep else None
+        options = dict(**self.spec.inputs(task_name), tokenizer=self.tokenizer, train=True)
+        rng = np.random.default_rng([self.spec.run.train.seed, 15485863, step, self.rank])
+        # A bad image drops its row (counted); the step trains on the others.
+        batch, _, dropped = task.preprocess_decodable(raw, rng=rng, **options)
+        skipped = Counter(UndecodableImage.reason for _ in dropped)
         return {"step": step, "task": task_name, "batch": batch, "skipped": dict(skipped)}
 
 
-def stream_steps(spec: dict, *, rank: int, start: int, concurrency: int, num_cpus: float, prefetch: int,
+def stream_steps(spec: StreamSpec, *, rank: int, start: int, concurrency: int, num_cpus: float, prefetch: int,
                  steps_per_block: int = 1, window: int = 1000):
     """Iterate ``(step, task, numpy batch | None, skipped)`` for steps start..total-1 of worker ``rank``.
 
@@ -82,15 +64,16 @@ def stream_steps(spec: dict, *, rank: int, start: int, concurrency: int, num_cpu
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True
     context.enable_progress_bars = False  # the training loop prints its own progress
-    for first in range(start, spec["total_steps"], window):
-        steps = np.arange(first, min(first + window, spec["total_steps"]), dtype=np.int64)
+    total = spec.run.train.steps
+    for first in range(start, total, window):
+        steps = np.arange(first, min(first + window, total), dtype=np.int64)
         # from_items builds its blocks in this process (from_numpy runs a 1-CPU task per block, which
         # waits forever when training workers and loaders hold every CPU of a node). Column "data".
         items = [{"data": int(step)} for step in steps]
         blocks = -(-steps.size // steps_per_block)
         dataset = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
             StepBatchLoader, fn_constructor_kwargs={"spec": spec, "rank": rank}, batch_size=steps_per_block,
-            concurrency=concurrency, num_cpus=num_cpus)
+            compute=ray.data.ActorPoolStrategy(size=concurrency), num_cpus=num_cpus)
         for row in dataset.iter_batches(batch_size=1, prefetch_batches=prefetch, batch_format="numpy"):
             item = pickle.loads(row["payload"][0])
             yield item["step"], item["task"], item["batch"], item["skipped"]

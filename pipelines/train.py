@@ -8,7 +8,9 @@
 Re-running with the same ``--out`` resumes from that run's last checkpoint. Writes into the run folder:
 ``checkpoint/`` (loadable by ``unip2.load``; with the run's ``run_config.yaml``, so
 ``pipelines/evaluate.py --checkpoint <run>/checkpoint`` finds the data it trained on), ``metrics.json``,
-``curves.png``, ``report.md`` and the evaluation files (see ``pipelines/evaluate.py``).
+``curves.png``, ``report.md`` and the evaluation files (see ``pipelines/evaluate.py``), and ``logs/``:
+the full log of the run (``logs/driver.log``: Ray's own messages on this process; ``logs/ray/``: the local
+Ray's session logs, every worker's output among them). The console shows the run's own progress lines only.
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
-from pipelines import ray_runtime  # noqa: F401  (sets Ray's environment before ray is imported)
+from pipelines import ray_runtime  # (first: sets Ray's environment before ray is imported)
 from pipelines.run_setup import prepare_run
 from pipelines.train_checkpoint import export_model, read_state
 from pipelines.trainer import fit
+from unip2.run_config import RunConfig
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -38,10 +42,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.time()
     try:
-        run, out, data_root = prepare_run(args.config, args.overrides, out=args.out, address=args.address)
+        run, out, data_root = prepare_run(args.config, args.overrides, out=args.out, address=args.address,
+                                          keep_logs=True)
     except (ValueError, KeyError, FileNotFoundError) as err:  # config errors name the field
         print(f"error: {err}", file=sys.stderr)
         return 2
+    try:
+        return train_and_evaluate(args, run, out, data_root, started)
+    except BaseException:
+        print(f"[train] failed; the full log is in {out / 'logs'}", file=sys.stderr, flush=True)
+        raise
+    finally:
+        ray_runtime.disconnect()  # the local Ray's session logs are copied into <run>/logs/ray
+
+
+def train_and_evaluate(args: argparse.Namespace, run: RunConfig, out: Path, data_root: Path, started: float) -> int:
     print(f"[train] run folder {out}; data {data_root}; tasks {', '.join(run.tasks)}", flush=True)
     result_checkpoint = fit(run, out=out, data_root=data_root)
     final = export_model(result_checkpoint, out / "checkpoint")
@@ -58,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     summary["wall_seconds"] = time.time() - started
     (out / "train_summary.json").write_text(json.dumps(summary, indent=2, default=str))
     print(f"[train] done in {summary['wall_seconds']:.0f} s. Checkpoint: {final}\n"
-          f"[train] curves: {out / 'curves.png'}; metrics: {out / 'metrics.json'}; report: {out / 'report.md'}",
-          flush=True)
+          f"[train] curves: {out / 'curves.png'}; metrics: {out / 'metrics.json'}; report: {out / 'report.md'}; "
+          f"full log: {out / 'logs'}", flush=True)
     return 0
 
 

@@ -8,6 +8,7 @@ ablation each worker normalizes its own task's gradient before the average (``no
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass, field
 import tempfile
 import time
 from collections import Counter, defaultdict
@@ -17,9 +18,9 @@ import ray.train.torch
 import torch
 
 import unip2
-from pipelines.step_stream import plan_for, stream_steps
+from pipelines.step_stream import stream_steps
+from pipelines.stream_spec import StreamSpec
 from pipelines.train_checkpoint import load_checkpoint, save_checkpoint
-from unip2 import config_io
 from unip2.distributed import gather_with_grad
 from unip2.model.tokenizer import TextTokenizer
 from unip2.run_config import RunConfig
@@ -45,11 +46,19 @@ class LoopHooks:
         return loss
 
 
-def train_loop_per_worker(loop_config: dict) -> None:
+@dataclass(frozen=True)
+class LoopInputs:
+    """Everything a worker's loop receives (``pipelines.trainer`` binds it)."""
+
+    stream: StreamSpec
+    """The run config and its resolved data stream."""
+    hooks: LoopHooks = field(default_factory=LoopHooks)
+
+
+def train_loop_per_worker(inputs: LoopInputs) -> None:
     # ------------------------------------------------------------------------------------- setup
-    run = config_io.from_dict(RunConfig, loop_config["run"])
-    spec = loop_config["stream"]
-    hooks: LoopHooks = loop_config.get("hooks") or LoopHooks()
+    spec, hooks = inputs.stream, inputs.hooks
+    run = spec.run
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
@@ -57,7 +66,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     if not on_gpu:
         torch.set_num_threads(run.scale.threads_per_worker)
     torch.manual_seed(run.train.seed)  # the same initial weights on every rank
-    model = unip2.build_model(run.model_config(), TextTokenizer.from_json(spec["tokenizer_json"])).to(device)
+    model = unip2.build_model(run.model, TextTokenizer.from_json(spec.tokenizer_json)).to(device)
     if run.train.compile:
         compile_model(model)
     optimizer = build_optimizer(model, name=run.optim.name, lr=run.optim.lr, betas=run.optim.betas,
@@ -75,14 +84,15 @@ def train_loop_per_worker(loop_config: dict) -> None:
             print(f"[train] resumed at step {state['step']} from {checkpoint.path}", flush=True)
     # An elastic run may restart with another worker count: continue every task's data stream where the
     # checkpoint left it (same rows as an unresized run when the count is unchanged), scale the lr.
-    spec = {**spec, "num_workers": world_size}
-    if state.get("stream_anchor") is not None:
-        spec["anchor"] = state["stream_anchor"]
-    plan = plan_for(spec) if run.train.sampling == "unmixed" else None
+    spec = spec.resized(world_size, state.get("stream_anchor"))
+    plan = spec.plan() if run.train.sampling == "unmixed" else None
     peak_lr = run.optim.lr * run.learning_rate_scale(world_size)
     if rank == 0 and world_size != run.scale.num_workers:
         print(f"[train] {world_size} of {run.scale.num_workers} workers: peak lr {peak_lr:.3g} "
               f"(linear rule), global batch {world_size} × per-task batch", flush=True)
+    # DDP must look for parameters without a gradient: classification, captioning and retrieval leave the
+    # proposal network's memory projection and objectness head unused (detection steps use every parameter,
+    # and there torch logs once per worker that it found none; the line stays in the worker's log).
     wrapped = ray.train.torch.prepare_model(
         TaskLoss(model), parallel_strategy_kwargs={"find_unused_parameters": True})
     gather = gather_with_grad if (run.train.gather_retrieval and run.train.sampling == "unmixed") else local_gather

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import shutil
 from pathlib import Path
 
@@ -9,30 +10,9 @@ import ray.train
 from ray.train.torch import TorchTrainer
 
 from pipelines import ray_runtime
-from pipelines.run_setup import train_rows
-from pipelines.train_loop import LoopHooks, train_loop_per_worker
-from unip2 import config_io
-from unip2.data.manifest import load_manifest
-from unip2.model.tokenizer import tokenizer_for
+from pipelines.stream_spec import StreamSpec
+from pipelines.train_loop import LoopHooks, LoopInputs, train_loop_per_worker
 from unip2.run_config import RunConfig
-from unip2.tasks.base import input_options
-
-
-def stream_spec(run: RunConfig, data_root: Path) -> dict:
-    """Plain-dict description of every worker's data stream (see pipelines/step_stream.py). Each task's
-    input settings come from the config of the model being trained (the ones its checkpoint records)."""
-    manifest = load_manifest(data_root)
-    ratios = run.sampling_ratios()
-    tasks = list(run.tasks)
-    model = run.model_config()
-    return {"data_root": str(data_root), "tasks": tasks, "ratios": [ratios[t] for t in tasks],
-            "batch_sizes": {t: run.tasks[t].batch_size for t in tasks},
-            "datasets": {t: run.train_datasets(t) for t in tasks},
-            "num_rows": {t: train_rows(manifest, run.train_datasets(t)) for t in tasks},
-            "inputs": {t: input_options(model.task_input_settings(t)) for t in tasks},
-            "num_workers": run.scale.num_workers, "total_steps": run.train.steps, "seed": run.train.seed,
-            "mode": run.train.sampling, "window": run.data.shuffle_window,
-            "tokenizer_json": tokenizer_for(run.model.text).to_json()}
 
 
 def worker_count(run: RunConfig) -> int | tuple[int, int]:
@@ -53,10 +33,9 @@ def make_trainer(run: RunConfig, *, out: Path, data_root: Path, callbacks: list 
         storage_path = str((out / "ray").resolve())
     elif "://" not in storage_path:  # a path every node sees; a URI (s3://, gs://) goes to Ray as is
         storage_path = str(Path(storage_path).expanduser().resolve())
+    inputs = LoopInputs(stream=StreamSpec.of(run, data_root), hooks=hooks or LoopHooks())
     return TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"run": config_io.to_dict(run), "stream": stream_spec(run, data_root),
-                           "hooks": hooks},
+        functools.partial(train_loop_per_worker, inputs),
         scaling_config=ray.train.ScalingConfig(num_workers=worker_count(run), use_gpu=use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(

@@ -1,4 +1,5 @@
-"""The generalist model behind HTTP: a FastAPI ingress over a batching model deployment on Ray Serve.
+"""The generalist model behind HTTP on Ray Serve: one deployment whose replicas hold the model and are the
+FastAPI ingress (proxy → replica, one hop), with a dynamic batching queue per task route.
 
     serve run serve.app:build_app checkpoint=runs/tiny/model           # http://127.0.0.1:8000/
     serve run serve.app:build_app checkpoint=runs/tiny/model gallery=data/parquet

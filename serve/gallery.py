@@ -1,11 +1,17 @@
-"""An image gallery indexed at start-up from a converted data folder (``manifest.json`` + Parquet)."""
+"""An image gallery indexed at start-up from a converted data folder (``manifest.json`` + Parquet), for the routes
+that rank it when a request brings no images (``Route.uses_gallery``)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import torch
+
 from unip2.data.manifest import read_table
+from unip2.tasks import Task
+from unip2.tasks.routes import ServeContext
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -25,3 +31,13 @@ def read_gallery(source: GallerySource) -> tuple[list[int], list[bytes]]:
     table = read_table(Path(source.folder), source.dataset, source.split, columns=["image_id", "image"])
     table = table.slice(0, source.limit)
     return [int(i) for i in table.column("image_id").to_pylist()], table.column("image").to_pylist()
+
+
+@torch.no_grad()
+def index_gallery(source: GallerySource, task: Task, model, preprocess, batch_size: int) -> ServeContext:
+    """The gallery's images through ``preprocess(task name, image bytes) → rows`` and the task's
+    ``gallery_embeddings``, ``batch_size`` images at a time → the context its gallery routes rank."""
+    ids, images = read_gallery(source)
+    embeddings = [task.gallery_embeddings(model, [preprocess(task.name, image) for image in images[start:start + batch_size]])
+                  for start in range(0, len(images), batch_size)]
+    return ServeContext(gallery_ids=ids, gallery_embeddings=np.concatenate(embeddings) if embeddings else None)

@@ -1,8 +1,8 @@
-"""Request images → the task's one-row numpy batch, in the ingress process (decoding off the event loop).
+"""Request images → the task's numpy rows, on a small thread pool beside the event loop.
 
-Decoding and resizing happen here, not in the model replica: there they would hold the GIL against the
-model thread and starve batching (measured: 16 concurrent requests formed batches of 1–3). Here they run
-in another process, and the replica receives ready arrays (3×S×S uint8 per image) that it only stacks.
+The task's own ``preprocess`` decodes and resizes each image before the request joins its batch queue, so a
+batch only stacks ready arrays (3×S×S uint8 per image) on the model thread. Decoding runs on these threads, off
+the event loop and off the batch's critical path; PIL and numpy release the GIL for most of it.
 """
 
 from __future__ import annotations
@@ -14,12 +14,16 @@ from pathlib import Path
 import numpy as np
 
 from serve.errors import ApiError
+from serve.requests import ImageField
 from unip2 import config_io
 from unip2.config import ModelConfig
 from unip2.model.tokenizer import TextTokenizer
 from unip2.persistence import CONFIG, TOKENIZER
 from unip2.tasks import TASKS
 from unip2.tasks.base import input_options
+from unip2.tasks.preprocessing import UndecodableImage
+
+Rows = dict[str, np.ndarray]
 
 
 class Preprocessor:
@@ -38,15 +42,25 @@ class Preprocessor:
         tokenizer = TextTokenizer.from_json((Path(checkpoint) / TOKENIZER).read_text())
         return cls(config=config, tokenizer=tokenizer, threads=threads)
 
-    async def __call__(self, task: str, image: bytes, field: str = "image") -> dict[str, np.ndarray]:
+    async def __call__(self, task: str, image: bytes, field: str = "image") -> Rows:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, self.run, task, image, field)
 
-    def run(self, task: str, image: bytes, field: str = "image") -> dict[str, np.ndarray]:
+    async def rows(self, task: str, image_field: ImageField | None, images: list[bytes]) -> Rows | list[Rows] | None:
+        """A request's images → ``ServeRequest.rows``: one row batch (``image``), a list of them (``images``,
+        decoded in parallel) or None (a route without images)."""
+        if image_field is None:
+            return None
+        if not image_field.many:
+            return await self(task, images[0], image_field.name)
+        return list(await asyncio.gather(*(self(task, image, f"{image_field.name}[{index}]")
+                                           for index, image in enumerate(images))))
+
+    def run(self, task: str, image: bytes, field: str = "image") -> Rows:
         """One image → ``TASKS[task].preprocess``'s batch of one ({"images": 1×3×S×S uint8, ...}); 400 if
         the image does not decode."""
         try:
             return TASKS[task].preprocess({"image": [image]}, **self.options[task], tokenizer=self.tokenizer,
                                           train=False, rng=np.random.default_rng(0))
-        except ValueError as err:
+        except UndecodableImage as err:
             raise ApiError(400, f"{field}: {err}") from None

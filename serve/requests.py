@@ -1,10 +1,13 @@
 """Reading a request: multipart upload or JSON with base64, validated parameters, image checks, limits.
 
-Both input forms give the same ``ParsedRequest``, so the same image answers the same way either way:
+The fields a route takes come from its task (``serve.request_models``); reading them is the same for every
+route. Both input forms give the same ``ParsedRequest``, so the same image answers the same way either way:
 
 - ``multipart/form-data``: the image as a file field (``image``; ``images`` repeated for a gallery),
   every other parameter as a form field, lists as JSON strings (``class_names='["cat", "dog"]'``).
 - ``application/json``: ``{"image": "<base64>", ...}`` (a ``data:`` URL prefix is accepted).
+
+A route without images (``Route.images == "none"``) takes the same two forms, with fields only.
 
 Refusals: bad body or undecodable/empty data → 400; not an image we accept → 415; missing, unknown or
 mistyped fields → 422; decoded size over ``Limits.max_pixels`` → 413 (read from the header, before any
@@ -19,10 +22,10 @@ import binascii
 import io
 import json
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Any
 
 from PIL import Image, UnidentifiedImageError
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
@@ -30,59 +33,26 @@ from starlette.requests import Request
 from serve.errors import ApiError, validation_details
 
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
-Sentence = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1000)]
 
 
 @dataclass(frozen=True, kw_only=True)
 class Limits:
-    """Request limits of the ingress."""
+    """Request limits of the HTTP layer."""
 
     max_body_bytes: int = 20 * 2**20
     """Largest request body; a larger one is refused with 413 before it is read."""
     max_pixels: int = 40_000_000
     """Largest decoded image (width × height), checked from the header: decompression bombs get 413."""
     max_gallery_images: int = 64
-    """Most images uploaded with one ``/v1/retrieve/image`` request."""
-
-
-# --------------------------------------------------------------------------------- parameters
-class Params(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ClassifyParams(Params):
-    class_names: list[Name] | None = Field(None, min_length=1, max_length=1000,
-                                           description="open vocabulary; default: the checkpoint's names")
-    top_k: int = Field(5, ge=1, le=1000, description="labels returned, best first")
-
-
-class DetectParams(Params):
-    class_names: list[Name] | None = Field(None, min_length=1, max_length=1000,
-                                           description="open vocabulary; default: the checkpoint's names")
-    score_threshold: float = Field(0.0, ge=0.0, le=1.0, description="drop detections scoring at or below it")
-    max_detections: int | None = Field(None, ge=1, le=1000, description="default: the checkpoint's limit")
-
-
-class CaptionParams(Params):
-    beam_size: int | None = Field(None, ge=1, le=10, description="default: the checkpoint's beam size")
-    max_length: int | None = Field(None, ge=2, le=128, description="most tokens generated")
-
-
-class RetrieveTextParams(Params):
-    texts: list[Sentence] = Field(..., min_length=1, max_length=256, description="candidate texts to rank")
-
-
-class RetrieveImageParams(Params):
-    text: Sentence = Field(..., description="the query")
-    top_k: int = Field(10, ge=1, le=1000, description="images returned, best first")
+    """Most images uploaded with one request to a route taking many (``/v1/retrieve/image``)."""
 
 
 @dataclass(frozen=True)
 class ParsedRequest:
     images: list[bytes]
-    """The uploaded image (one) or gallery (any number, possibly none), checked by ``inspect_image``."""
-    params: Params
+    """The uploaded image (one) or gallery (any number, possibly none), checked by ``inspect_image``; none for a
+    route without images."""
+    params: BaseModel
 
 
 @dataclass(frozen=True)
@@ -91,6 +61,13 @@ class ImageField:
 
     name: str = "image"
     many: bool = False
+
+    @classmethod
+    def of(cls, images: str) -> "ImageField | None":
+        """A route's ``images`` declaration ("one", "many", "none") → its field (None: the route takes no image)."""
+        if images not in ("one", "many", "none"):
+            raise ValueError(f"images: {images!r} is not one of 'one', 'many', 'none'")
+        return {"one": cls("image"), "many": cls("images", many=True), "none": None}[images]
 
 
 # ------------------------------------------------------------------------------------- images
@@ -133,7 +110,8 @@ def decode_base64(value: Any, field: str) -> bytes:
 async def read_body(request: Request, max_bytes: int) -> bytes:
     """The whole body, refused with 413 as soon as it is known to pass ``max_bytes``.
 
-    The body is cached on the request, so ``request.form()`` / ``request.json()`` parse it afterwards.
+    The body is cached on the request, so ``request.form()`` / ``request.json()`` parse it afterwards, and a
+    second call returns it at once.
     """
     declared = request.headers.get("content-length")
     if declared is not None:
@@ -141,6 +119,8 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
             raise ApiError(400, "invalid Content-Length header")
         if int(declared) > max_bytes:
             raise ApiError(413, f"request body of {declared} bytes is over the limit of {max_bytes} bytes")
+    if getattr(request, "_body", None) is not None:
+        return request._body
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
@@ -151,7 +131,7 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
     return request._body
 
 
-async def parse_request(request: Request, params_model: type[Params], image_field: ImageField,
+async def parse_request(request: Request, params_model: type[BaseModel], image_field: ImageField | None,
                         limits: Limits) -> ParsedRequest:
     """The request's images and validated parameters, whichever of the two input forms it uses."""
     await read_body(request, limits.max_body_bytes)
@@ -163,10 +143,10 @@ async def parse_request(request: Request, params_model: type[Params], image_fiel
     else:
         raise ApiError(415, f"content type {mime or '(none)'} not accepted: send multipart/form-data "
                             "or application/json")
-    if not image_field.many and len(images) != 1:
+    if image_field is not None and not image_field.many and len(images) != 1:
         message = "field required" if not images else "exactly one image expected"
         raise ApiError(422, f"{image_field.name}: {message}")
-    if len(images) > limits.max_gallery_images:
+    if image_field is not None and len(images) > limits.max_gallery_images:
         raise ApiError(422, f"{image_field.name}: at most {limits.max_gallery_images} images per request")
     try:
         params = params_model.model_validate(fields)
@@ -178,7 +158,7 @@ async def parse_request(request: Request, params_model: type[Params], image_fiel
     return ParsedRequest(images=images, params=params)
 
 
-async def _read_multipart(request: Request, image_field: ImageField, limits: Limits):
+async def _read_multipart(request: Request, image_field: ImageField | None, limits: Limits):
     try:
         form = await request.form(max_files=limits.max_gallery_images + 1, max_fields=64)
     except (MultiPartException, ValueError, KeyError) as err:
@@ -188,10 +168,12 @@ async def _read_multipart(request: Request, image_field: ImageField, limits: Lim
     try:
         for key, value in form.multi_items():
             if isinstance(value, UploadFile):
+                if image_field is None:
+                    raise ApiError(422, f"{key}: unexpected file field (this route takes no image)")
                 if key != image_field.name:
                     raise ApiError(422, f"{key}: unexpected file field (the image goes in '{image_field.name}')")
                 images.append(await value.read())
-            elif key == image_field.name:
+            elif image_field is not None and key == image_field.name:
                 raise ApiError(422, f"{key}: must be a file upload")
             else:
                 values.setdefault(key, []).append(value)
@@ -217,7 +199,7 @@ def _form_value(text: str) -> Any:
     return text
 
 
-async def _read_json(request: Request, image_field: ImageField):
+async def _read_json(request: Request, image_field: ImageField | None):
     body = await request.body()
     try:
         fields = json.loads(body)
@@ -225,6 +207,8 @@ async def _read_json(request: Request, image_field: ImageField):
         raise ApiError(400, f"malformed JSON body: {err}") from None
     if not isinstance(fields, dict):
         raise ApiError(422, "body: must be a JSON object")
+    if image_field is None:  # an image field would be an unknown field: the params model refuses it
+        return [], fields
     raw = fields.pop(image_field.name, None)
     if raw is None:
         return [], fields
@@ -235,26 +219,27 @@ async def _read_json(request: Request, image_field: ImageField):
     return [decode_base64(raw, image_field.name)], fields
 
 
-def json_schemas(params_model: type[Params], image_field: ImageField) -> dict:
+def json_schemas(params_model: type[BaseModel], image_field: ImageField | None) -> dict:
     """OpenAPI ``requestBody`` for a route: the same fields as JSON (base64 image) or multipart (file)."""
     schema = params_model.model_json_schema()
     properties = dict(schema.get("properties", {}))
     required = list(schema.get("required", []))
-    if image_field.many:
-        as_json = {"type": "array", "items": {"type": "string", "format": "byte"},
-                   "description": "gallery images, base64"}
-        as_file = {"type": "array", "items": {"type": "string", "format": "binary"}}
-    else:
-        as_json = {"type": "string", "format": "byte", "description": "the image, base64"}
-        as_file = {"type": "string", "format": "binary"}
+    images_json, images_form = {}, {}  # a route without images: its fields only
+    if image_field is not None and image_field.many:
+        images_json = {image_field.name: {"type": "array", "items": {"type": "string", "format": "byte"},
+                                          "description": "gallery images, base64"}}
+        images_form = {image_field.name: {"type": "array", "items": {"type": "string", "format": "binary"}}}
+    elif image_field is not None:
+        images_json = {image_field.name: {"type": "string", "format": "byte", "description": "the image, base64"}}
+        images_form = {image_field.name: {"type": "string", "format": "binary"}}
         required = [image_field.name] + required
     form_properties = {name: ({"type": "string", "description": "a JSON list, e.g. [\"a\", \"b\"]"}
                               if _is_list(prop) else prop) for name, prop in properties.items()}
     return {"requestBody": {"required": True, "content": {
         "application/json": {"schema": {"type": "object", "required": required,
-                                        "properties": {image_field.name: as_json, **properties}}},
+                                        "properties": {**images_json, **properties}}},
         "multipart/form-data": {"schema": {"type": "object", "required": required,
-                                           "properties": {image_field.name: as_file, **form_properties}}},
+                                           "properties": {**images_form, **form_properties}}},
     }}}
 
 

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from unip2 import config_io
-from unip2.config import IMAGENET_MEAN, IMAGENET_STD, ModelConfig, TaskInputConfig, TaskInputs
+from unip2.config import IMAGENET_MEAN, IMAGENET_STD, ModelConfig, TaskInputs
+from unip2.persistence import load_config
 from unip2.config_io import ConfigError
 from unip2.presets import PRESETS, preset
 
@@ -22,11 +23,12 @@ def test_presets_validate_and_round_trip(name, tmp_path):
 
 def test_overrides_change_fields_with_types():
     config = config_io.load(ModelConfig, overrides=["decoder.num_layers=3", "backbone.out_indices=[1,2]",
-                                                    "tasks.caption_label_smoothing=0.0"],
+                                                    "tasks.captioning.label_smoothing=0.0"],
                             base=preset("tiny"))
     assert config.decoder.num_layers == 3
     assert config.backbone.out_indices == (1, 2)
-    assert config.tasks.caption_label_smoothing == 0.0
+    assert config.tasks["captioning"].label_smoothing == 0.0
+    assert config.tasks["captioning"].max_length == 24  # the preset's other captioning options are kept
 
 
 @pytest.mark.parametrize("override, field", [
@@ -35,9 +37,12 @@ def test_overrides_change_fields_with_types():
     ("decoder.top_k=9", "decoder.top_k"),
     ("image_size=100", "image_size"),
     ("tokens.use_global=yes please", "tokens.use_global"),
-    ("task_inputs.depth.image_size=64", "task_inputs.depth"),
-    ("task_inputs.retrieval.image_size=100", "task_inputs.retrieval.image_size"),
-    ("task_inputs.captioning.max_text_length=2", "task_inputs.captioning.max_text_length"),
+    ("tasks.depth.image_size=64", "tasks.depth"),
+    ("tasks.retrieval.image_size=100", "tasks.retrieval.image_size"),
+    ("tasks.captioning.max_text_length=2", "tasks.captioning.max_text_length"),
+    ("tasks.captioning.beam_size=0", "tasks.captioning.beam_size"),
+    ("tasks.classification.beam_size=2", "tasks.classification.beam_size"),
+    ("tasks.detection.max_per_image=0", "tasks.detection.max_per_image"),
     ("pixel_std=[0.2, 0.0, 0.2]", "pixel_std"),
     ("pixel_mean=[0.5, 0.5]", "pixel_mean"),
 ])
@@ -82,39 +87,48 @@ def test_learning_rate_follows_the_linear_rule():
 
 def test_task_input_settings_are_the_recorded_ones_else_the_model_defaults():
     config = preset("tiny")
-    config.task_inputs = {"captioning": TaskInputConfig(image_size=64, max_text_length=20),
-                          "classification": TaskInputConfig(image_size=128)}
+    config.tasks["captioning"].image_size, config.tasks["captioning"].max_text_length = 64, 20
+    config.tasks["classification"].image_size = 128
     config_io.validate(config)
     assert config.task_input_settings("captioning") == TaskInputs(
         image_size=64, max_text_length=20, pixel_mean=IMAGENET_MEAN, pixel_std=IMAGENET_STD)
     classification = config.task_input_settings("classification")
     assert (classification.image_size, classification.max_text_length) == (128, config.text.max_length)
-    detection = config.task_input_settings("detection")  # not trained: the model-wide defaults
+    detection = config.task_input_settings("detection")  # not set: the model-wide defaults
     assert (detection.image_size, detection.max_text_length) == (config.image_size, config.text.max_length)
-    with pytest.raises(KeyError, match="unknown task 'depth'"):
+    del config.tasks["retrieval"]  # a config recording no options for a task: the task's defaults
+    assert config.task_options("retrieval") == type(preset("tiny").tasks["retrieval"])()
+    with pytest.raises(KeyError, match="unknown task"):
         config.task_input_settings("depth")
 
 
 def test_a_config_saved_before_task_inputs_existed_loads_with_the_defaults(tmp_path):
     old = config_io.to_dict(preset("tiny"))
-    for key in ("task_inputs", "pixel_mean", "pixel_std"):
+    for key in ("pixel_mean", "pixel_std"):
         del old[key]
+    # The layout before each task's options moved into its file: flat task options, input settings apart.
+    old["tasks"] = {"classification_label_smoothing": 0.1, "caption_label_smoothing": 0.1, "caption_max_length": 24,
+                    "caption_beam_size": 1, "detection_max_per_image": 20, "detection_category_weight": 2.0}
+    old["task_inputs"] = {"retrieval": {"image_size": 64, "max_text_length": None}}
+    for name in ("model.safetensors", "tokenizer.json"):
+        (tmp_path / name).write_text("")
     (tmp_path / "config.json").write_text(json.dumps(old))
-    config = config_io.load(ModelConfig, tmp_path / "config.json")
-    assert config == preset("tiny") and config.task_inputs == {}
-    assert config.task_input_settings("retrieval").image_size == config.image_size
+    config = load_config(tmp_path)
+    expected = preset("tiny")
+    expected.tasks["retrieval"].image_size = 64
+    assert config.tasks == {**expected.tasks, "retrieval": expected.tasks["retrieval"]}
+    assert config == expected
+    assert config.task_input_settings("retrieval").image_size == 64
 
 
 def test_a_run_records_its_tasks_input_settings_in_the_model_it_trains():
     from unip2.run_config import load_run_config
 
-    run = load_run_config(BASE_RUN, ["data.max_text_length=40"])
-    model = run.model_config()
-    sizes = {name: model.task_input_settings(name).image_size for name in run.tasks}
+    run = load_run_config(BASE_RUN, ["model.tasks.captioning.max_text_length=40"])
+    sizes = {name: run.model.task_input_settings(name).image_size for name in run.tasks}
     assert sizes == {"classification": 224, "instance_segmentation": 1024, "captioning": 384, "retrieval": 384}
-    assert {model.task_input_settings(name).max_text_length for name in run.tasks} == {40}
-    assert "detection" not in run.tasks and model.task_input_settings("detection").image_size == 512
-    assert run.model.task_inputs == {}  # the run's own config keeps one source: tasks.* and data.*
-    with pytest.raises(ConfigError) as err:
-        load_run_config(overrides=["model.task_inputs.captioning.image_size=64"])
-    assert err.value.field == "model.task_inputs" and "tasks.<task>.image_size" in str(err.value)
+    assert run.model.task_input_settings("captioning").max_text_length == 40
+    assert "detection" not in run.tasks and run.model.task_input_settings("detection").image_size == 512
+    with pytest.raises(ConfigError) as err:  # input settings live with the model's task options only
+        load_run_config(overrides=["tasks.captioning.image_size=64"])
+    assert err.value.field == "tasks.captioning.image_size"

@@ -48,11 +48,9 @@ def test_tiny_model_overfits_a_few_samples_of_every_task(tiny_config, embedded_d
 
 
 def test_the_saved_config_carries_input_settings_and_pixel_normalization(tiny_config, tmp_path):
-    from unip2.config import TaskInputConfig
-
     config = copy.deepcopy(tiny_config)
     config.pixel_mean, config.pixel_std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
-    config.task_inputs = {"retrieval": TaskInputConfig(image_size=64, max_text_length=16)}
+    config.tasks["retrieval"].image_size, config.tasks["retrieval"].max_text_length = 64, 16
     model = unip2.load(unip2.save(unip2.build_model(config), tmp_path / "model"))
     assert model.config == config
     assert model.pixel_mean.flatten().tolist() == [0.5] * 3 and model.pixel_std.flatten().tolist() == [0.25] * 3
@@ -118,8 +116,9 @@ def test_candidates_are_cached_at_inference_and_refreshed_after_training(tiny_ch
     with torch.no_grad():
         first = model.encode_texts(names, target_category=True)
         assert model.encode_texts(names, target_category=True) is first  # served from the cache
-        vocabulary = model.encode_vocabulary(target_text=True)
-        assert model.encode_vocabulary(target_text=True) is vocabulary
+        ids = torch.arange(model.tokenizer.vocab_size)
+        vocabulary = model.encode_vocabulary(ids, target_text=True)
+        assert model.encode_vocabulary(ids, target_text=True) is vocabulary
     with torch.no_grad():
         for p in model.decoder.parameters():
             p.add_(0.01)

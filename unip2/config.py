@@ -196,71 +196,42 @@ class DecoderConfig:
 
 @dataclass
 class TaskOptions:
-    """Per-task loss and inference options of the model (not the training schedule)."""
-
-    classification_label_smoothing: float = 0.1
-    """Label smoothing of the classification cross-entropy."""
-    caption_label_smoothing: float = 0.1
-    """Label smoothing of the captioning cross-entropy over the vocabulary."""
-    caption_max_length: int = 32
-    """Longest generated caption, in tokens."""
-    caption_beam_size: int = 1
-    """Default beam size for caption decoding (1 = greedy)."""
-    caption_vocabulary: Literal["full", "training_captions"] = "full"
-    """Captioning's candidate words, each encoded by the text encoder and g at every training step and
-    scored at every position. ``full``: every token of the tokenizer (50,265 for roberta-base);
-    ``training_captions``: only the tokens that occur in the training captions, plus the end token
-    (``caption_token_ids``, found when a training run starts), so no other token is ever generated.
-    Measured with BASE's text encoder and decoder (vocabulary encoding + scoring, forward + backward, batch
-    2 × 20 tokens, one CPU thread): each candidate costs 1.02 GFLOP, ~6 ms and ~1.5 MB of peak memory, so
-    all 50,265 tokens take ~77 GB and ~5 min a captioning step, 10,000 tokens ~16 GB and ~1 min
-    (``benchmarks/caption_vocabulary.py``, docs/benchmarks.md)."""
-    caption_token_ids: list[int] = field(default_factory=list)
-    """The candidate token ids under ``caption_vocabulary: training_captions``: a training run fills them from
-    its training captions (``unip2.data.caption_vocabulary``) and they are saved with the model, so
-    inference scores the same set. Empty under ``full``. A target token outside them (captions of other
-    data) is left out of the captioning loss."""
-    detection_max_per_image: int = 100
-    """Detections kept per image after scoring (objectness × class probability)."""
-    detection_category_weight: float = 2.0
-    """Loss weight of the category cross-entropy on matched proposals (beside the RPN's weights)."""
-
-    def validate(self, prefix: str = "") -> None:
-        require(0 <= self.classification_label_smoothing < 1, prefix + "classification_label_smoothing",
-                "must be in [0, 1)")
-        require(0 <= self.caption_label_smoothing < 1, prefix + "caption_label_smoothing", "must be in [0, 1)")
-        require(self.caption_max_length >= 2, prefix + "caption_max_length", "must be >= 2")
-        require(self.caption_beam_size >= 1, prefix + "caption_beam_size", "must be >= 1")
-        require(self.caption_vocabulary == "training_captions" or not self.caption_token_ids,
-                prefix + "caption_token_ids", "only used with caption_vocabulary: training_captions")
-        require(len(set(self.caption_token_ids)) == len(self.caption_token_ids)
-                and all(i >= 0 for i in self.caption_token_ids), prefix + "caption_token_ids",
-                "must be distinct token ids >= 0")
-        require(self.detection_max_per_image >= 1, prefix + "detection_max_per_image", "must be >= 1")
-        require(self.detection_category_weight >= 0, prefix + "detection_category_weight", "must be >= 0")
-
-
-# ImageNet statistics; the embedded data uses them too so a user's pretrained backbone just works.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass
-class TaskInputConfig:
-    """How one task's inputs were prepared when the model trained (recorded in the checkpoint, so
-    evaluation and serving prepare them the same way)."""
+    """What a model records about one task (saved with it): how the task's inputs are prepared. Each task's
+    file extends it with the task's own loss weights and inference defaults (``Task.Options``), and
+    ``ModelConfig.tasks`` holds one per registered task."""
 
     image_size: int | None = None
-    """Square input side of this task's images; None = ``ModelConfig.image_size``."""
+    """Square input side of this task's images; None = ``ModelConfig.image_size``. The training run's value is
+    recorded with the model, so evaluation and serving prepare images the same way."""
     max_text_length: int | None = None
-    """Longest tokenized text of this task (captions, retrieval sentences), special tokens included;
-    None = ``text.max_length``."""
+    """Longest tokenized text of this task, special tokens included; None = ``text.max_length``."""
 
     def validate(self, prefix: str = "") -> None:
         require(self.image_size is None or (self.image_size >= 32 and self.image_size % 32 == 0),
                 prefix + "image_size", "must be a multiple of 32, >= 32")
         require(self.max_text_length is None or self.max_text_length >= 4, prefix + "max_text_length",
                 "must be >= 4")
+
+    @staticmethod
+    def type_for(task: str) -> type["TaskOptions"]:
+        """The options class of registered task ``task`` (``config_io`` reads ``ModelConfig.tasks`` with it)."""
+        from unip2.tasks import TASKS  # the registry imports the model, which imports this module
+
+        if task not in TASKS:
+            raise KeyError(f"unknown task; registered: {', '.join(TASKS)}")
+        return TASKS[task].Options
+
+
+def default_task_options() -> dict[str, TaskOptions]:
+    """Every registered task's options at their defaults."""
+    from unip2.tasks import TASKS
+
+    return {name: task.Options() for name, task in TASKS.items()}
+
+
+# ImageNet statistics; the embedded data uses them too so a user's pretrained backbone just works.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
@@ -290,40 +261,43 @@ class ModelConfig:
     tokens: TokenConfig = field(default_factory=TokenConfig)
     text: TextConfig = field(default_factory=TextConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
-    tasks: TaskOptions = field(default_factory=TaskOptions)
+    tasks: dict[str, TaskOptions] = field(default_factory=default_task_options)
+    """Per task name (a ``unip2.tasks.TASKS`` key), the task's options (``Task.Options``): input settings the
+    training run recorded (``image_size``, ``max_text_length``), loss weights, inference defaults. A task
+    absent here uses its defaults. Read a task's with ``task_options``; its input settings with
+    ``task_input_settings``."""
     class_names: dict[str, list[str]] = field(default_factory=dict)
     """Default candidate names per label space (``"imagenet"``, ``"coco"``), from the data manifest."""
     pixel_mean: tuple[float, float, float] = IMAGENET_MEAN
     """Per-channel mean subtracted from [0, 1] RGB pixels inside the model (match a pretrained backbone's)."""
     pixel_std: tuple[float, float, float] = IMAGENET_STD
     """Per-channel standard deviation the mean-subtracted pixels are divided by."""
-    task_inputs: dict[str, TaskInputConfig] = field(default_factory=dict)
-    """Input settings per task name (a ``unip2.tasks.TASKS`` key), recorded by the training run from its
-    ``tasks.<task>.image_size`` and ``data.max_text_length``; a task absent here (not trained, or an older
-    checkpoint) uses ``image_size`` and ``text.max_length``. Read them with ``task_input_settings``."""
-
     def validate(self, prefix: str = "") -> None:
         require(self.image_size >= 32, prefix + "image_size", "must be >= 32")
         require(self.image_size % 32 == 0, prefix + "image_size", "must be a multiple of 32")
         require(len(self.pixel_mean) == 3, prefix + "pixel_mean", "needs 3 values (R, G, B)")
         require(len(self.pixel_std) == 3 and all(s > 0 for s in self.pixel_std), prefix + "pixel_std",
                 "needs 3 values (R, G, B), each > 0")
-        if self.task_inputs:
+        if self.tasks:
             from unip2.tasks import TASKS  # the registry imports the model, which imports this module
-        for name, inputs in self.task_inputs.items():
-            require(name in TASKS, f"{prefix}task_inputs.{name}", f"unknown task; registered: {', '.join(TASKS)}")
-            inputs.validate(f"{prefix}task_inputs.{name}.")
+        for name, options in self.tasks.items():
+            require(name in TASKS, f"{prefix}tasks.{name}", f"unknown task; registered: {', '.join(TASKS)}")
+            require(isinstance(options, TASKS[name].Options), f"{prefix}tasks.{name}",
+                    f"must be {TASKS[name].Options.__name__}")
+            options.validate(f"{prefix}tasks.{name}.")
         for space, names in self.class_names.items():
             require(len(names) > 0, f"{prefix}class_names.{space}", "must not be empty")
             require(len(set(names)) == len(names), f"{prefix}class_names.{space}", "names must be unique")
 
+    def task_options(self, task: str) -> TaskOptions:
+        """The options of registered task ``task``: the recorded ones, else the task's defaults."""
+        options = self.tasks.get(task)
+        return options if options is not None else TaskOptions.type_for(task)()
+
     def task_input_settings(self, task: str) -> TaskInputs:
         """How to prepare inputs of ``task`` for this model: what the training run recorded for it, else
         the model-wide defaults (``image_size``, ``text.max_length``). An unregistered task is refused."""
-        from unip2.tasks import get_task
-
-        get_task(task)
-        recorded = self.task_inputs.get(task, TaskInputConfig())
-        return TaskInputs(image_size=recorded.image_size or self.image_size,
-                          max_text_length=recorded.max_text_length or self.text.max_length,
+        options = self.task_options(task)
+        return TaskInputs(image_size=options.image_size or self.image_size,
+                          max_text_length=options.max_text_length or self.text.max_length,
                           pixel_mean=tuple(self.pixel_mean), pixel_std=tuple(self.pixel_std))

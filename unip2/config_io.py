@@ -67,9 +67,18 @@ def _coerce(value: Any, annotation: Any, path: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(path, f"expected a mapping, got {value!r}")
         key_type, value_type = args if args else (Any, Any)
-        return {
-            _coerce(k, key_type, path): _coerce(v, value_type, f"{path}.{k}") for k, v in value.items()
-        }
+        # A mapping whose value class depends on its key (ModelConfig.tasks: each task's own options class).
+        type_for = getattr(value_type, "type_for", None)
+        out = {}
+        for key, item in value.items():
+            item_type = value_type
+            if type_for is not None:
+                try:
+                    item_type = type_for(key)
+                except KeyError as err:
+                    raise ConfigError(f"{path}.{key}", err.args[0]) from None
+            out[_coerce(key, key_type, path)] = _coerce(item, item_type, f"{path}.{key}")
+        return out
     if annotation is Any:
         return value
     if annotation is bool:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_nn
 
 from unip2.optim import global_grad_norm
 
@@ -25,8 +24,8 @@ def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     """B_r×D from every rank r → (ΣB_r×D, offset of this rank's rows); batch sizes may differ between ranks
     (a worker that dropped a corrupt image has fewer rows).
 
-    The gradient is exact: every rank's rows keep their graph (``torch.distributed.nn`` all-gather, whose
-    backward sums each rank's gradient back to the rows' owner), so with DDP averaging the parameter gradients
+    The gradient is exact: every rank's rows keep their graph (an all-gather whose backward sums each rank's
+    gradient back to the rows' owner), so with DDP averaging the parameter gradients
     the result is the gradient of the mean of the workers' losses — not the local-slice approximation.
     """
     rank, size = world()
@@ -38,8 +37,26 @@ def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     counts = [int(c) for c in counts]  # one tiny host sync: the shapes must be known to cut the padding
     longest = max(counts)
     padded = torch.cat([x, x.new_zeros((longest - x.shape[0], *x.shape[1:]))]) if x.shape[0] < longest else x
-    parts = dist_nn.all_gather(padded.contiguous())
+    parts = _AllGather.apply(padded)  # W×max(B)×D
     return torch.cat([part[:n] for part, n in zip(parts, counts)]), sum(counts[:rank])
+
+
+class _AllGather(torch.autograd.Function):
+    """All-gather whose backward hands every rank the sum, over ranks, of the gradient of its own rows."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        rank, size = world()
+        ctx.rank = rank
+        parts = [torch.empty_like(x) for _ in range(size)]
+        dist.all_gather(parts, x.contiguous())
+        return torch.stack(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad)  # every rank's loss reaches every rank's rows (gloo has no reduce-scatter)
+        return grad[ctx.rank]
 
 
 def normalize_and_average_gradients(parameters: list[torch.nn.Parameter], omega: float) -> torch.Tensor:

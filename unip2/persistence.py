@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from unip2 import config_io
-from unip2.config import ModelConfig
+from unip2.config import ModelConfig, default_task_options
 from unip2.model.generalist import UniPerceiverV2
 from unip2.model.tokenizer import TextTokenizer
 
@@ -52,7 +52,45 @@ def load_config(directory: str | Path) -> ModelConfig:
     missing = [name for name in (WEIGHTS, CONFIG, TOKENIZER) if not (directory / name).is_file()]
     if missing:
         raise FileNotFoundError(f"checkpoint folder {directory} is incomplete: missing {', '.join(missing)}")
-    return config_io.load(ModelConfig, directory / CONFIG)
+    data = upgrade_legacy_config(config_io.read_mapping(directory / CONFIG))
+    config = config_io.from_dict(ModelConfig, data)
+    config_io.validate(config)
+    # A task registered after the model was saved takes its default options.
+    config.tasks = {name: config.task_options(name) for name in default_task_options()} | config.tasks
+    return config
+
+
+# Checkpoints saved before each task's options moved into its own file kept them flat in ``tasks`` and the
+# input settings in ``task_inputs``: old field → (tasks, new field).
+_LEGACY_TASK_FIELDS = {
+    "classification_label_smoothing": (("classification",), "label_smoothing"),
+    "caption_label_smoothing": (("captioning",), "label_smoothing"),
+    "caption_max_length": (("captioning",), "max_length"),
+    "caption_beam_size": (("captioning",), "beam_size"),
+    "caption_vocabulary": (("captioning",), "vocabulary"),
+    "caption_token_ids": (("captioning",), "token_ids"),
+    "detection_max_per_image": (("detection", "instance_segmentation"), "max_per_image"),
+    "detection_category_weight": (("detection", "instance_segmentation"), "category_weight"),
+}
+
+
+def upgrade_legacy_config(data: dict) -> dict:
+    """A saved ``config.json`` in the current layout (older checkpoints keep loading)."""
+    tasks = data.get("tasks") or {}
+    inputs = data.pop("task_inputs", None) or {}
+    if not (set(tasks) & set(_LEGACY_TASK_FIELDS)) and not inputs:
+        return data
+    upgraded: dict[str, dict] = {}
+    for old, value in tasks.items():
+        names, new = _LEGACY_TASK_FIELDS.get(old, ((old,), None))
+        for name in names:
+            if new is None:  # already a task's options
+                upgraded.setdefault(name, {}).update(value)
+            else:
+                upgraded.setdefault(name, {})[new] = value
+    for name, settings in inputs.items():
+        upgraded.setdefault(name, {}).update({k: v for k, v in settings.items() if v is not None})
+    return {**data, "tasks": upgraded}
 
 
 def load(directory: str | Path, *, device: str | torch.device = "cpu") -> UniPerceiverV2:

@@ -6,13 +6,12 @@ BASE and LARGE share the decoder (BERT-base width, 6 layers, 8 experts top-2) an
 
 from __future__ import annotations
 
-from unip2.config import (BackboneConfig, DecoderConfig, ModelConfig, ProposalConfig, TaskOptions,
-                          TextConfig, TokenConfig)
+from unip2.config import BackboneConfig, DecoderConfig, ModelConfig, ProposalConfig, TextConfig, TokenConfig
 from unip2.config_io import validate
 
 
 def _tiny() -> ModelConfig:
-    return ModelConfig(
+    config = ModelConfig(
         preset="tiny",
         image_size=96,
         # ResNet-10-T, strides 8/16/32: trained from scratch, its BatchNorm learns shapes far sooner than a
@@ -25,8 +24,11 @@ def _tiny() -> ModelConfig:
         text=TextConfig(vocab_size=512, hidden_size=128, num_layers=2, num_heads=4,
                         intermediate_size=256, max_length=32, dropout=0.0),
         decoder=DecoderConfig(width=128, num_layers=2, num_heads=4, ffn_dim=256, num_experts=4, top_k=2),
-        tasks=TaskOptions(caption_max_length=24, detection_max_per_image=20),
     )
+    config.tasks["captioning"].max_length = 24
+    for name in ("detection", "instance_segmentation"):
+        config.tasks[name].max_per_image = 20
+    return config
 
 
 def _base() -> ModelConfig:

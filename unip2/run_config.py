@@ -6,13 +6,12 @@ model config; the rest of ``model`` overrides its fields. Saved with every check
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from unip2 import config_io
-from unip2.config import ModelConfig, TaskInputConfig
+from unip2.config import ModelConfig
 from unip2.config_io import ConfigError, require
 from unip2.presets import preset
 
@@ -27,8 +26,6 @@ class TaskRunConfig:
     """ω_k: weight of the task's normalized gradient (MT-AdamW)."""
     sampling_weight: float = 1.0
     """Unnormalized s_k: how often the task is drawn; normalized over the run's tasks."""
-    image_size: int | None = None
-    """Input size for this task; None = model.image_size."""
     eval_batch_size: int = 32
     """Batch size at evaluation."""
     datasets: list[str] | None = None
@@ -41,8 +38,6 @@ class TaskRunConfig:
                 prefix + "datasets", "must be a non-empty list of distinct dataset names, or null")
         require(self.omega > 0, prefix + "omega", "must be > 0")
         require(self.sampling_weight > 0, prefix + "sampling_weight", "must be > 0")
-        require(self.image_size is None or (self.image_size >= 32 and self.image_size % 32 == 0),
-                prefix + "image_size", "must be a multiple of 32, >= 32")
         require(self.eval_batch_size > 0, prefix + "eval_batch_size", "must be > 0")
 
 
@@ -67,8 +62,6 @@ class DataConfig:
     steps_per_block: int = 8
     """Steps decoded per Ray Data block (one task call): more amortizes Ray's per-block cost, fewer hands
     the first batch over sooner."""
-    max_text_length: int = 32
-    """Longest tokenized caption in training, special tokens included."""
 
     def validate(self, prefix: str = "") -> None:
         require(self.shuffle_window > 0, prefix + "shuffle_window", "must be > 0")
@@ -76,7 +69,6 @@ class DataConfig:
         require(self.loader_cpus > 0, prefix + "loader_cpus", "must be > 0")
         require(self.prefetch_steps >= 1, prefix + "prefetch_steps", "must be >= 1")
         require(self.steps_per_block >= 1, prefix + "steps_per_block", "must be >= 1")
-        require(self.max_text_length >= 4, prefix + "max_text_length", "must be >= 4")
 
 
 @dataclass
@@ -200,8 +192,6 @@ class RunConfig:
         for name, task in self.tasks.items():
             require(name in TASKS, f"{prefix}tasks.{name}", f"unknown task; registered: {', '.join(TASKS)}")
             task.validate(f"{prefix}tasks.{name}.")
-        require(not self.model.task_inputs, prefix + "model.task_inputs",
-                "recorded by the run itself: set tasks.<task>.image_size and data.max_text_length instead")
         require(self.scale.min_workers is None or self.train.sampling == "unmixed", prefix + "scale.min_workers",
                 "elastic training needs train.sampling: unmixed (mixed draws depend on the worker count)")
 
@@ -215,21 +205,14 @@ class RunConfig:
         return {name: t.sampling_weight / total for name, t in self.tasks.items()}
 
     def image_size(self, task: str) -> int:
-        return self.tasks[task].image_size or self.model.image_size
+        """The input side ``task`` trains at (``model.tasks.<task>.image_size``, else ``model.image_size``)."""
+        return self.model.task_input_settings(task).image_size
 
     def train_datasets(self, task: str) -> list[str]:
         """The datasets ``task`` trains on: its ``datasets`` field, else the task's own dataset."""
         from unip2.tasks import TASKS
 
         return list(self.tasks[task].datasets or [TASKS[task].dataset])
-
-    def model_config(self) -> ModelConfig:
-        """The config of the model this run trains: ``model`` with every trained task's input settings
-        recorded (``tasks.<task>.image_size``, ``data.max_text_length``), so the checkpoint carries them to
-        evaluation and serving, and the training stream reads them from the same place."""
-        inputs = {name: TaskInputConfig(image_size=self.image_size(name), max_text_length=self.data.max_text_length)
-                  for name in self.tasks}
-        return dataclasses.replace(self.model, task_inputs=inputs)
 
 
 def load_run_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:

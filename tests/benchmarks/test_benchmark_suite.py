@@ -8,6 +8,7 @@ import textwrap
 
 import pytest
 
+from unip2.tasks import TASKS
 from benchmarks import (caption_vocabulary, data_ingest, default_run, flops, optimizer_step, run_all,
                         train_overhead, tune_overhead)
 from benchmarks.results_table import goal_met, markdown_table, result, write_results
@@ -34,7 +35,9 @@ def test_caption_vocabulary_measures_each_size_and_fits_the_rest():
     rows = caption_vocabulary.run(candidates=[4, 8], restricted=8, full=40, preset="tiny", repeats=1)
     assert [row["key"] for row in rows] == list(caption_vocabulary.KEYS)
     for row in rows:
-        assert set(row) == ROW_KEYS and row["goal"] == "reported" and row["ours"] > 0 and row["baseline"] > 0
+        assert set(row) == ROW_KEYS and row["goal"] == "reported" and row["ours"] > 0
+        # At tiny sizes the time's slope is within timing noise (it can fit below zero); memory's is not.
+        assert row["unit"] == "s" or row["baseline"] > 0
         details = row["details"]
         assert [p["candidates"] for p in details["measured"]] == [4, 8] and details["preset"] == "tiny"
         assert details["restricted_measured"] and not details["full_measured"]  # 8 measured, 40 from the line
@@ -49,7 +52,7 @@ def test_flops_counts_every_task(embedded_data):
     row = flops.run(embedded_data, rounds=1, steps=1, matmul_n=256)
     assert_measured(row, "flops_utilization")
     per_task = row["details"]["per_task"]
-    assert set(per_task) == {"classification", "detection", "instance_segmentation", "captioning", "retrieval"}
+    assert set(per_task) == set(TASKS)
     assert all(v["gflop_per_step"] > 0 for v in per_task.values())
 
 
@@ -60,7 +63,7 @@ def test_data_ingest_streams_the_same_steps_both_ways(embedded_data, ray_local):
     # Both sides yield the stream's own batches: the DataLoader's item t is worker 0's step t.
     spec = data_ingest.ingest_spec(embedded_data, 3)
     item = data_ingest.StepDataset(spec)[2]
-    assert item["step"] == 2 and len(item["batch"]["image_id"]) == spec["batch_sizes"][item["task"]]
+    assert item["step"] == 2 and len(item["batch"]["image_id"]) == spec.run.tasks[item["task"]].batch_size
 
 
 def test_steady_step_time_leaves_out_the_first_window():
@@ -124,3 +127,40 @@ def test_the_readme_command_writes_the_table(tmp_path):
     assert table.startswith("| key | measure | ours | baseline | ratio | goal | met |")
     assert "| `optimizer_ratio` | MT-AdamW step" in table
     assert "| `optimizer_ratio` | MT-AdamW step" in done.stdout  # the table is printed too
+
+
+def test_serve_benchmarks_take_their_routes_from_the_registry():
+    from benchmarks import serve_latency, serve_load
+    from unip2.tasks import TASKS
+
+    for name in serve_latency.image_tasks():
+        assert serve_latency.image_route(name) in [route.path for route in TASKS[name].routes]
+    assert "classification" in serve_latency.image_tasks() and "retrieval" not in serve_latency.image_tasks()
+    assert [r.path for r in serve_load.image_routes()] == [r.path for t in TASKS.values() for r in t.routes
+                                                          if r.images != "none"]
+    assert run_all.selected("serve_throughput_ratio") == ["serve"]
+
+
+def test_serve_benchmark_reports_batching_gain_overhead_and_throughput(ray_local):
+    from benchmarks import serve_batching
+
+    rows = serve_batching.run(requests=8)
+    assert [row["key"] for row in rows] == ["serve_batching_gain", "serve_overhead_ms", "serve_throughput_ratio"]
+    gain, overhead, throughput = rows
+    assert_measured(gain, "serve_batching_gain")
+    assert_measured(throughput, "serve_throughput_ratio")
+    assert set(overhead) == ROW_KEYS and math.isfinite(overhead["ratio"]) and overhead["ours"] > 0
+    assert gain["goal"] == f">= {serve_batching.GAIN_SHARE * gain['details']['direct_batching_ceiling']:.2f}"
+    parts = gain["details"]["served_batch16_adaptive"][1]["parts_ms"]
+    assert {"parse", "decode", "queue", "model", "encode", "replica", "proxy"} <= set(parts)
+
+
+def test_serve_load_answers_every_image_route(ray_local, tiny_checkpoint):
+    from benchmarks import serve_load
+
+    figures = serve_load.run(str(tiny_checkpoint), clients=4, seconds=4.0, max_requests=36)
+    assert figures["total"]["requests"] <= 36
+    for path, row in figures["routes"].items():
+        assert row["requests"] > 0 and set(row["status"]) == {"200"}, (path, row)
+    assert len(figures["replicas"]) == 1
+    assert "| all |" in serve_load.markdown(figures)

@@ -24,8 +24,7 @@ import ray  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
 from pipelines.run_setup import prepare_run  # noqa: E402
-from pipelines.step_stream import plan_for  # noqa: E402
-from pipelines.trainer import stream_spec  # noqa: E402
+from pipelines.stream_spec import StreamSpec  # noqa: E402
 from unip2.data.row_reader import RowReader  # noqa: E402
 from unip2.tasks import TASKS  # noqa: E402
 
@@ -37,7 +36,7 @@ COORDINATOR_REFRESH_S = 25.0
 def expected_streams(data: Path, work: Path) -> dict[str, list[int]]:
     """Per task, the image ids of the first 100 stream positions (what any run reads, in order)."""
     run, _, root = prepare_run(None, ELASTIC + [f"data.root={data}"], out=str(work / "plan_only"))
-    plan = plan_for(stream_spec(run, root))
+    plan = StreamSpec.of(run, root).plan()
     streams = {}
     for task in run.tasks:
         reader = RowReader(root, TASKS[task].dataset, "train", columns=["image_id"])

@@ -57,7 +57,8 @@ def test_the_bert_encoder_and_its_tokenizer_are_used(bert_model, pretrained_dirs
         assert torch.equal(tensor, saved[name]), name
     vocab = bert_model.tokenizer._tokenizer.get_vocab()
     assert bert_model.tokenizer.bos_id == vocab["[CLS]"] and bert_model.tokenizer.eos_id == vocab["[SEP]"]
-    assert len(bert_model.vocabulary_ids) == bert_model.tokenizer.vocab_size  # the whole vocabulary by default
+    # the whole vocabulary by default
+    assert len(TASKS["captioning"].candidates(bert_model)[0]) == bert_model.tokenizer.vocab_size
 
 
 def test_captioning_and_retrieval_run_with_the_bert_encoder(bert_model, embedded_data):
@@ -119,8 +120,8 @@ def test_an_old_checkpoint_without_the_architecture_loads_as_roberta(tiny_checkp
 
 def restricted(config, ids):
     config = copy.deepcopy(config)
-    config.tasks.caption_vocabulary = "training_captions"
-    config.tasks.caption_token_ids = list(ids)
+    config.tasks["captioning"].vocabulary = "training_captions"
+    config.tasks["captioning"].token_ids = list(ids)
     return config
 
 
@@ -133,8 +134,8 @@ def test_the_restricted_vocabulary_scores_only_the_training_captions_tokens(tiny
     assert full.tokenizer.eos_id in ids and full.tokenizer.bos_id not in ids and len(ids) < full.tokenizer.vocab_size
     model = unip2.build_model(restricted(tiny_config, ids)).eval()
     model.load_state_dict(full.state_dict())
-    assert model.vocabulary_ids.tolist() == ids
-    assert model.encode_vocabulary(token_is_target=True).shape == (len(ids), tiny_config.decoder.width)
+    assert TASKS["captioning"].candidates(model)[0].tolist() == ids
+    assert TASKS["captioning"].vocabulary(model).shape == (len(ids), tiny_config.decoder.width)
 
     # The loss is the full model's cross-entropy restricted to the candidates' columns.
     with torch.no_grad():
@@ -148,13 +149,14 @@ def test_the_restricted_vocabulary_scores_only_the_training_captions_tokens(tiny
         targets = torch.as_tensor([ids.index(int(t)) if m else -100 for t, m in
                                    zip(captions["input_ids"][:, 1:].flatten(), captions["attention_mask"][:, 1:].flatten())])
         expected = F.cross_entropy(logits.flatten(0, 1), targets, ignore_index=-100,
-                                   label_smoothing=tiny_config.tasks.caption_label_smoothing)
+                                   label_smoothing=tiny_config.tasks["captioning"].label_smoothing)
     assert torch.allclose(loss, expected, atol=1e-5)
 
     # Saved with the model: the loaded one scores the same candidates and captions alike.
     predicted = TASKS["captioning"].predict(model, captions, max_length=8)
     loaded = unip2.load(unip2.save(model, tmp_path / "model")).eval()
-    assert loaded.config.tasks.caption_token_ids == ids and loaded.vocabulary_ids.tolist() == ids
+    assert loaded.config.tasks["captioning"].token_ids == ids
+    assert TASKS["captioning"].candidates(loaded)[0].tolist() == ids
     assert TASKS["captioning"].predict(loaded, captions, max_length=8) == predicted
 
 
@@ -181,14 +183,14 @@ def test_captions_use_only_the_candidate_tokens(tiny_config, embedded_data, monk
 def test_caption_vocabulary_options_are_checked(tiny_config):
     eos = unip2.build_model(tiny_config).tokenizer.eos_id
     wrong = copy.deepcopy(tiny_config)
-    wrong.tasks.caption_token_ids = [eos]
-    with pytest.raises(ConfigError, match="tasks.caption_token_ids: only used with caption_vocabulary"):
+    wrong.tasks["captioning"].token_ids = [eos]
+    with pytest.raises(ConfigError, match="tasks.captioning.token_ids: only used with vocabulary"):
         validate(wrong)
-    with pytest.raises(ConfigError, match="tasks.caption_token_ids: must be distinct"):
+    with pytest.raises(ConfigError, match="tasks.captioning.token_ids: must be distinct"):
         validate(restricted(tiny_config, [eos, eos]))
-    with pytest.raises(ValueError, match="tasks.caption_token_ids: empty under caption_vocabulary: training_captions"):
+    with pytest.raises(ValueError, match="tasks.captioning.token_ids: empty under vocabulary: training_captions"):
         unip2.build_model(restricted(tiny_config, []))
-    with pytest.raises(ValueError, match="tasks.caption_token_ids: the end token .* is missing"):
+    with pytest.raises(ValueError, match="tasks.captioning.token_ids: the end token .* is missing"):
         unip2.build_model(restricted(tiny_config, [eos + 1]))
-    with pytest.raises(ValueError, match="tasks.caption_token_ids: id 100000 is outside"):
+    with pytest.raises(ValueError, match="tasks.captioning.token_ids: id 100000 is outside"):
         unip2.build_model(restricted(tiny_config, [eos, 100000]))

@@ -23,7 +23,6 @@ from PIL import Image
 
 import unip2
 from unip2 import config_io
-from unip2.config import TaskInputConfig
 from unip2.data.manifest import load_manifest, read_rows
 from unip2.eval import coco_eval
 from unip2.run_config import load_run_config
@@ -129,7 +128,7 @@ def test_command_line_skips_undecodable_images_on_the_running_ray(ray_local, tin
     names.write_text(json.dumps({"coco": manifest["class_names"]["coco"][::-1] + ["cyan moon"]}))
     checkpoint = tmp_path / "run" / "checkpoint_0000004"
     config = copy.deepcopy(tiny_config)
-    config.task_inputs = {"classification": TaskInputConfig(image_size=64, max_text_length=16)}
+    config.tasks["classification"].image_size, config.tasks["classification"].max_text_length = 64, 16
     torch.manual_seed(0)
     unip2.save(unip2.build_model(config), checkpoint / "model")
     config_io.save(load_run_config(overrides=[f"data.root={data}"]), checkpoint / "run_config.yaml")

@@ -16,10 +16,10 @@ from pipelines.evaluate import main
 from pipelines.evaluation import ClassNamesMismatch, Evaluation, plan_evaluation, read_class_names
 from pipelines.train_checkpoint import export_model, training_data_root
 from unip2 import config_io
-from unip2.config import TaskInputConfig
 from unip2.data.manifest import read_rows
 from unip2.run_config import load_run_config
 from unip2.tasks import TASKS
+from unip2.tasks.base import input_options
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +39,8 @@ def training_checkpoint(tiny_config, embedded_data, tmp_path_factory):
     folder = tmp_path_factory.mktemp("training") / "checkpoint_0000010"
     config = unip2.preset("tiny")
     config.class_names = dict(tiny_config.class_names)
-    config.task_inputs = {"classification": TaskInputConfig(image_size=64, max_text_length=16),
-                          "retrieval": TaskInputConfig(image_size=128, max_text_length=16)}
+    for name, size in (("classification", 64), ("retrieval", 128)):
+        config.tasks[name].image_size, config.tasks[name].max_text_length = size, 16
     torch.manual_seed(0)
     unip2.save(unip2.build_model(config), folder / "model")
     run = load_run_config(overrides=[f"data.root={embedded_data}"])
@@ -50,12 +50,12 @@ def training_checkpoint(tiny_config, embedded_data, tmp_path_factory):
 
 def test_plan_covers_every_task_with_data(tiny_checkpoint, embedded_data):
     plan = plan_evaluation(tiny_checkpoint, embedded_data)
-    assert plan.tasks == ["classification", "detection", "instance_segmentation", "captioning", "retrieval"]
+    assert plan.tasks == list(TASKS)
     flickr = Evaluation("retrieval_flickr30k", "retrieval", "flickr30k", "test")
-    assert plan.zero_shot == [flickr] and plan.evaluations[-2:] == [
-        Evaluation("retrieval", "retrieval", "coco_captions", "val"), flickr]
+    assert plan.zero_shot == [flickr] and plan.evaluations[-1] == flickr
+    assert Evaluation("retrieval", "retrieval", "coco_captions", "val") in plan.evaluations
     test = plan_evaluation(tiny_checkpoint, embedded_data, split="test")
-    assert test.tasks == ["captioning", "retrieval"] and test.zero_shot == [flickr]
+    assert test.tasks == ["captioning", "retrieval", "language_modelling"] and test.zero_shot == [flickr]
     assert "coco_instances/test" in test.skipped_tasks["detection"] and "imagenet" in test.skipped_tasks[
         "classification"]
     assert plan_evaluation(tiny_checkpoint, embedded_data, tasks=["captioning"]).zero_shot == []
@@ -85,7 +85,7 @@ def test_a_training_checkpoint_and_the_final_folder_both_record_their_data(train
     assert training_data_root(training_checkpoint / "model") == embedded_data  # the run config one folder up
     final = export_model(training_checkpoint, tmp_path / "run" / "checkpoint")
     assert sorted(p.name for p in final.iterdir()) == ["config.json", "model.safetensors", "run_config.yaml",
-                                                       "tokenizer.json"]
+                                                       "text_encoder_config.json", "tokenizer.json"]
     assert training_data_root(final) == embedded_data and unip2.load(final).config == plan.config
 
 
@@ -94,10 +94,15 @@ def test_evaluation_preprocesses_each_task_as_the_checkpoint_records(training_ch
                                {"imagenet": ["label"]}, {})
     rows = read_rows(embedded_data, "coco_captions", "val", columns=["image", "image_id", "captions"])[:2]
     rows = {key: [row[key] for row in rows] for key in rows[0]}
-    sizes = {name: predictor._preprocess(TASKS[name], rows)["images"].shape[-1] for name in TASKS}
+    def prepared(name):
+        settings = input_options(predictor.model.config.task_input_settings(name))
+        return TASKS[name].preprocess_decodable(rows, **settings, tokenizer=predictor.model.tokenizer, train=False,
+                                                rng=np.random.default_rng(0))[0]
+
+    sizes = {name: prepared(name)["images"].shape[-1] for name in TASKS if name != "language_modelling"}
     assert sizes == {"classification": 64, "detection": 96, "instance_segmentation": 96, "captioning": 96,
                      "retrieval": 128}  # recorded, else the tiny preset's image_size
-    assert predictor._preprocess(TASKS["retrieval"], rows)["input_ids"].shape[1] <= 16
+    assert prepared("retrieval")["input_ids"].shape[1] <= 16
     (prediction,) = predictor.predict_rows(TASKS["retrieval"], {k: v[:1] for k, v in rows.items()})
     assert prediction["text_embeddings"].shape[0] == 5 and np.isfinite(prediction["image_embedding"]).all()
 

@@ -1,4 +1,4 @@
-"""Per-task metrics from gathered predictions (no Ray): perfect predictions score perfectly, labels are
+"""Per-task metrics from gathered predictions (each task's ``evaluate``, no Ray): perfect predictions score perfectly, labels are
 matched to the data by name, the picture and the report are drawn from predictions."""
 
 from __future__ import annotations
@@ -11,13 +11,14 @@ from PIL import Image
 
 from pipelines.evaluation_report import write_report
 from pipelines.prediction_grid import Panel, draw_prediction_grid, grid_panels
-from pipelines.task_metrics import TASK_METRICS, MetricContext, TaskOutput
 from unip2.data.manifest import load_manifest, read_rows
 from unip2.tasks import TASKS
+from unip2.tasks.base import Task
+from unip2.tasks.outputs import MetricContext, TaskOutput
 
 
 def test_every_registered_task_has_metrics():
-    assert set(TASK_METRICS) == set(TASKS)
+    assert all(type(task).evaluate is not Task.evaluate for task in TASKS.values())
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,7 @@ def context(embedded_data, tmp_path_factory):
     manifest = load_manifest(embedded_data)
     return MetricContext(out_dir=tmp_path_factory.mktemp("metrics"), data_class_names=manifest["class_names"],
                          category_ids=manifest["coco_category_ids"],
-                         instances_file=manifest["annotations"]["instances"]["val"], meteor=False)
+                         annotation_files={"instances": manifest["annotations"]["instances"]["val"]}, meteor=False)
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +46,11 @@ def test_ground_truth_detections_score_ap_one_and_unknown_names_are_dropped(grou
     for key, extra in (("boxes", [0.0, 0.0, 5.0, 5.0]), ("names", "purple hexagon"), ("scores", 0.9),
                        ("masks", first["masks"][0])):
         first[key] = [*first[key], extra]
-    metrics, files = TASK_METRICS["instance_segmentation"](TaskOutput(predictions), context)
+    metrics, files = TASKS["instance_segmentation"].evaluate(TaskOutput(predictions), context)
     assert metrics["segm_AP"] == pytest.approx(1.0) and metrics["bbox_AP"] == pytest.approx(1.0)
     assert metrics["dropped_detections"] == 1 and metrics["num_images"] == len(ground_truth)
     assert files["segmentations"].endswith("segmentations.json")
-    metrics, _ = TASK_METRICS["detection"](TaskOutput(ground_truth[: len(ground_truth) // 2]), context)
+    metrics, _ = TASKS["detection"].evaluate(TaskOutput(ground_truth[: len(ground_truth) // 2]), context)
     assert metrics["bbox_AP"] == pytest.approx(1.0)  # evaluated on the predicted images only
 
 
@@ -57,7 +58,7 @@ def test_classification_is_scored_by_name(context):
     names = context.data_class_names["imagenet"]
     predictions = [{"image_id": i, "top_names": [names[(i + 1) % len(names)], names[i % len(names)], "unknown"]}
                    for i in range(6)]
-    metrics, _ = TASK_METRICS["classification"](TaskOutput(predictions, labels=list(range(6))), context)
+    metrics, _ = TASKS["classification"].evaluate(TaskOutput(predictions, {"label": list(range(6))}), context)
     assert metrics == {"top1": 0.0, "top5": 1.0, "num_images": 6}
 
 
@@ -66,7 +67,7 @@ def test_retrieval_ranks_by_cosine(context):
     predictions = [{"image_id": i, "image_embedding": 3 * eye[i],
                     "text_embeddings": np.stack([eye[i], 0.5 * eye[i]])} for i in range(4)]
     predictions.append({"image_id": 9, "image_embedding": eye[5], "text_embeddings": np.zeros((0, 8))})
-    metrics, _ = TASK_METRICS["retrieval"](TaskOutput(predictions), context)
+    metrics, _ = TASKS["retrieval"].evaluate(TaskOutput(predictions), context)
     assert metrics["i2t_R@1"] == metrics["t2i_R@1"] == metrics["R@1"] == 1.0
     assert metrics["num_texts"] == 8 and metrics["images_without_text"] == 1
 
@@ -74,7 +75,7 @@ def test_retrieval_ranks_by_cosine(context):
 def test_captioning_writes_captions_and_scores_them(context):
     predictions = [{"image_id": 1, "caption": "a red circle"}, {"image_id": 2, "caption": "a blue star"}]
     references = [["a red circle", "one red circle"], ["a blue star on a wall"]]
-    metrics, files = TASK_METRICS["captioning"](TaskOutput(predictions, references=references), context)
+    metrics, files = TASKS["captioning"].evaluate(TaskOutput(predictions, {"captions": references}), context)
     assert metrics["BLEU-1"] > 0.5 and metrics["METEOR"] is None
     assert (context.out_dir / "captions.json").read_text().count("image_id") == 2 and "captions" in files
 

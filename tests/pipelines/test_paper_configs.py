@@ -13,8 +13,8 @@ import pytest
 import torch
 
 import unip2
-from pipelines.step_stream import StepBatchLoader, plan_for
-from pipelines.trainer import stream_spec
+from pipelines.step_stream import StepBatchLoader
+from pipelines.stream_spec import StreamSpec
 from unip2.data.manifest import load_manifest
 from unip2.run_config import load_run_config
 from unip2.tasks import TASKS
@@ -40,8 +40,8 @@ def test_paper_config_trains_a_step_of_every_task_at_its_image_size(name, embedd
     sizes = {task: run.image_size(task) for task in run.tasks}
     assert sizes == {"classification": 224, "instance_segmentation": 1024, "captioning": 384, "retrieval": 384}
 
-    spec = stream_spec(run, Path(embedded_data))
-    plan, loader = plan_for(spec), StepBatchLoader(spec, rank=0)
+    spec = StreamSpec.of(run, Path(embedded_data))
+    plan, loader = spec.plan(), StepBatchLoader(spec, rank=0)
     first_step = {}
     for step in range(run.train.steps):
         first_step.setdefault(plan.rows_at(step, 0)[0], step)

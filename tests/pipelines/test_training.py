@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 import unip2
 from pipelines.run_setup import prepare_run
 from pipelines.step_stream import StepBatchLoader
-from pipelines.trainer import fit, stream_spec
-from unip2.config import TaskInputConfig
+from pipelines.stream_spec import StreamSpec
+from pipelines.trainer import fit
 from unip2.optim import MTAdamW
 from unip2.training_setup import TaskLoss, build_optimizer
 
@@ -60,7 +60,8 @@ def test_short_run_trains_every_worker_on_one_task_per_step(ray_local, embedded_
     assert classification_steps * 2 * 12 > 48  # more than one epoch of the smallest dataset streamed
     model = unip2.load(checkpoint / "model")  # the checkpoint is a plain unip2 model folder
     assert model.config.image_size == 64
-    assert model.config.task_inputs == {name: TaskInputConfig(image_size=64, max_text_length=32) for name in run.tasks}
+    assert all(model.config.task_input_settings(name).image_size == 64 for name in run.tasks)
+    assert model.config.tasks == run.model.tasks  # every task's options are saved with the model
 
 
 def test_a_worker_failure_resumes_exactly(ray_local, embedded_data, tmp_path):
@@ -88,7 +89,7 @@ def test_two_worker_step_equals_one_process_averaging_the_workers_gradients(ray_
     run, out, root, checkpoint = train(tmp_path, "ddp", overrides)
     assert list(run.tasks) == ["classification"]
 
-    spec = stream_spec(run, root)
+    spec = StreamSpec.of(run, root)
     torch.manual_seed(run.train.seed)
     model = unip2.build_model(run.model)
     initial = {k: v.clone() for k, v in model.state_dict().items()}
@@ -152,10 +153,10 @@ def test_the_stream_prepares_each_task_with_the_settings_the_checkpoint_records(
     from unip2.run_config import load_run_config
 
     run = load_run_config(overrides=SMALL + small_batches() + [
-        f"data.root={embedded_data}", "tasks.classification.image_size=32", "tasks.captioning.image_size=128",
-        "data.max_text_length=12", "train.steps=40"])
+        f"data.root={embedded_data}", "model.tasks.classification.image_size=32",
+        "model.tasks.captioning.image_size=128", "model.tasks.captioning.max_text_length=12", "train.steps=40"])
     run.model.class_names = dict(tiny_config.class_names)
-    spec, recorded = stream_spec(run, embedded_data), run.model_config()
+    spec, recorded = StreamSpec.of(run, embedded_data), run.model
     loader = StepBatchLoader(spec, rank=0)
     seen = {}
     for step in range(run.train.steps):
@@ -165,10 +166,10 @@ def test_the_stream_prepares_each_task_with_the_settings_the_checkpoint_records(
     assert set(seen) == {"classification", "captioning", "detection"}
     for task, batch in seen.items():
         settings = recorded.task_input_settings(task)
-        assert spec["inputs"][task] == {"image_size": settings.image_size, "max_text_length": 12}
+        assert spec.inputs(task) == {"image_size": settings.image_size, "max_text_length": settings.max_text_length}
         assert batch["images"].shape[-1] == settings.image_size == {"classification": 32, "captioning": 128,
                                                                      "detection": 64}[task]
-    assert seen["captioning"]["input_ids"].shape[1] <= 12
+    assert spec.inputs("captioning")["max_text_length"] == 12 and seen["captioning"]["input_ids"].shape[1] <= 12
 
 
 def test_invalid_config_is_refused_naming_the_field(embedded_data, tmp_path):

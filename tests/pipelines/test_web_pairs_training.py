@@ -13,8 +13,8 @@ import pytest
 
 from pipelines import prepare_data
 from pipelines.run_setup import prepare_run
-from pipelines.step_stream import plan_for
-from pipelines.trainer import fit, stream_spec
+from pipelines.stream_spec import StreamSpec
+from pipelines.trainer import fit
 from unip2.config_io import ConfigError
 from unip2.data.manifest import load_manifest, read_rows
 from unip2.data.row_reader import RowReader
@@ -89,10 +89,10 @@ def test_captioning_and_retrieval_train_on_coco_and_web_pairs(web_data, web_shar
     assert (checkpoint / "model").is_dir()
 
     # Every traced step read exactly the rows the plan names in the concatenated row space ...
-    spec = stream_spec(run, data_root)
-    assert spec["num_rows"]["captioning"] == load_manifest(root)["datasets"]["coco_captions"]["splits"]["train"][
+    spec = StreamSpec.of(run, data_root)
+    assert spec.num_rows["captioning"] == load_manifest(root)["datasets"]["coco_captions"]["splits"]["train"][
         "rows"] + 20
-    plan = plan_for(spec)
+    plan = spec.plan()
     readers = {task: RowReader(data_root, run.train_datasets(task), "train", columns=["image_id"])
                for task in run.tasks}
     traced = [line.split() for line in (trace / "rank0.txt").read_text().splitlines()]

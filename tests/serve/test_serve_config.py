@@ -20,10 +20,10 @@ def test_config_is_a_valid_serve_deploy_config():
     (app,) = schema.applications
     assert app.import_path == "serve.app:build_app" and app.route_prefix == "/"
     deployments = {d.name: d for d in app.deployments}
-    assert set(deployments) == {"Ingress", "Model"}
-    model = deployments["Model"]
-    assert model.max_queued_requests > 0 and model.max_ongoing_requests >= app.args["max_batch_size"]
-    assert model.autoscaling_config["min_replicas"] >= 1
+    assert set(deployments) == {"Model"}  # the model replicas are the ingress: one hop from the proxy
+    args = app.args
+    assert args["max_queued_requests"] > 0 and args["max_ongoing_requests"] >= args["max_batch_size"]
+    assert 1 <= args["min_replicas"] < args["max_replicas"] and args["target_ongoing_requests"] > 0
 
 
 def test_config_args_build_the_app_through_the_typed_builder(tiny_checkpoint):
@@ -35,11 +35,15 @@ def test_config_args_build_the_app_through_the_typed_builder(tiny_checkpoint):
     args["checkpoint"] = str(tiny_checkpoint)
     # As `serve run serve.app:build_app key=value` passes them: strings, validated into AppArgs.
     app = call_user_app_builder_with_args_if_necessary(build_app, {k: str(v) for k, v in args.items()})
-    ingress = app._bound_deployment
-    assert ingress.name == "Ingress"
-    model = ingress.init_args[0]._bound_deployment
+    model = app._bound_deployment
     assert model.name == "Model" and model.init_kwargs["max_batch_size"] == args["max_batch_size"]
     assert model.ray_actor_options["num_gpus"] == args["model_num_gpus"]
+    assert model.ray_actor_options["num_cpus"] == args["model_num_cpus"] + args["ingress_num_cpus"]
+    autoscaling = model._deployment_config.autoscaling_config
+    assert (autoscaling.min_replicas, autoscaling.max_replicas) == (args["min_replicas"], args["max_replicas"])
+    assert autoscaling.target_ongoing_requests == args["target_ongoing_requests"]
+    # Serve hands a replica its whole admission room, so the replica itself answers the overflow (JSON 503).
+    assert model.max_ongoing_requests > args["max_ongoing_requests"] + args["max_queued_requests"]
 
 
 def test_typed_builder_refuses_bad_arguments(tiny_checkpoint, tmp_path):
@@ -49,6 +53,7 @@ def test_typed_builder_refuses_bad_arguments(tiny_checkpoint, tmp_path):
 
     for bad in ({}, {"checkpoint": str(tmp_path / "missing")},
                 {"checkpoint": str(tiny_checkpoint), "max_batch_size": "0"},
+                {"checkpoint": str(tiny_checkpoint), "min_replicas": "3", "max_replicas": "2"},
                 {"checkpoint": str(tiny_checkpoint), "no_such_option": "1"}):
         with pytest.raises(ValidationError):
             call_user_app_builder_with_args_if_necessary(build_app, bad)

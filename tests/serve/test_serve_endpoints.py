@@ -81,12 +81,13 @@ def test_served_images_are_preprocessed_with_the_settings_the_checkpoint_records
     folder = tmp_path / "model"
     shutil.copytree(tiny_checkpoint, folder)
     config = json.loads((folder / "config.json").read_text())
-    config["task_inputs"] = {"classification": {"image_size": 64},
-                             "captioning": {"image_size": 128, "max_text_length": 20}}
+    config["tasks"]["classification"]["image_size"] = 64
+    config["tasks"]["captioning"].update(image_size=128, max_text_length=20)
     (folder / "config.json").write_text(json.dumps(config))
     preprocessor = Preprocessor.from_checkpoint(folder, threads=1)
     image = scene(200, 150, 0)
-    sizes = {name: preprocessor.run(name, image)["images"].shape for name in TASKS}
+    sizes = {name: preprocessor.run(name, image)["images"].shape for name, task in TASKS.items()
+             if any(route.images != "none" for route in task.routes)}  # the tasks served with an image
     assert sizes == {"classification": (1, 3, 64, 64), "detection": (1, 3, 96, 96),
                      "instance_segmentation": (1, 3, 96, 96), "captioning": (1, 3, 128, 128),
                      "retrieval": (1, 3, 96, 96)}
@@ -168,6 +169,17 @@ def test_retrieve_text_ranks_every_candidate(base_url, images):
     assert sorted(r["index"] for r in ranked) == [0, 1, 2, 3]
     assert [r["text"] for r in ranked] == [texts[r["index"]] for r in ranked]
     assert [r["score"] for r in ranked] == sorted((r["score"] for r in ranked), reverse=True)
+
+
+def test_fill_mask_a_text_only_route(base_url):
+    result = ok(requests.post(base_url + "/v1/fill_mask", json={"text": "a red <mask> at the center", "top_k": 3},
+                              timeout=60))
+    assert result["task"] == "language_modelling" and isinstance(result["text"], str)
+    (mask,) = result["masks"]
+    assert len(mask["candidates"]) == 3 and all(0 <= c["score"] <= 1 for c in mask["candidates"])
+    refused = requests.post(base_url + "/v1/fill_mask", json={"text": "nothing to fill"}, timeout=60)
+    assert refused.status_code == 422 and "<mask>" in refused.json()["error"]["message"]
+    assert requests.post(base_url + "/v1/fill_mask", json={"top_k": 3}, timeout=60).status_code == 422
 
 
 def test_retrieve_image_from_uploads_and_from_the_indexed_gallery(base_url, images, embedded_data):

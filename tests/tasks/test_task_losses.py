@@ -33,9 +33,10 @@ REACHES = {
     "instance_segmentation": ["backbone", "proposals", "regional_tokens", "text_encoder", "decoder"],
     "captioning": ["backbone", "proposals", "global_tokens", "text_encoder", "decoder"],
     "retrieval": ["backbone", "proposals", "global_tokens", "text_encoder", "decoder"],
+    "language_modelling": ["text_encoder", "decoder"],
 }
 FAMILY = {"classification": "category", "detection": "category", "instance_segmentation": "category",
-          "captioning": "vocabulary", "retrieval": "retrieval"}
+          "captioning": "vocabulary", "retrieval": "retrieval", "language_modelling": "vocabulary"}
 
 
 @pytest.mark.parametrize("name", list(TASKS))
@@ -72,6 +73,8 @@ def test_predictions_have_the_standard_format(name, model, embedded_data):
             assert len(first["masks"]) == len(first["boxes"]) and "counts" in first["masks"][0]
     elif name == "captioning":
         assert isinstance(first["caption"], str) and first["beams"]
+    elif name == "language_modelling":
+        assert 0 <= first["correct"] <= first["masked"] and first["masked"] > 0 and first["nll"] > 0
     else:
         assert first["image_embedding"].shape == (model.config.decoder.width,)
         assert first["text_embeddings"].shape[0] == len(first["captions"]) >= 5

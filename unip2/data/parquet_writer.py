@@ -9,21 +9,29 @@ from __future__ import annotations
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from unip2.data.parquet_schema import leaf_columns
 
 
 class ShardedParquetWriter:
-    """Append rows (dicts matching ``schema``); ``close()`` returns the shard names written, in order."""
+    """Append rows (dicts matching ``schema``); ``close()`` returns the shard names written, in order.
+
+    ``filesystem`` (a pyarrow filesystem, e.g. S3's) writes there instead of the local disk, ``folder`` then being
+    a path inside it; ``name`` formats each shard's file name from its index; ``write_empty`` writes one empty
+    shard for a split without rows, so its schema stays readable.
+    """
 
     def __init__(self, *, folder: str | Path, schema: pa.Schema, rows_per_shard: int = 1000,
-                 row_group_rows: int = 256):
+                 row_group_rows: int = 256, filesystem: pafs.FileSystem | None = None,
+                 name: str = "part-{index:05d}.parquet", write_empty: bool = True):
         if rows_per_shard < 1 or row_group_rows < 1:
             raise ValueError(f"rows_per_shard and row_group_rows must be >= 1, got {rows_per_shard}, {row_group_rows}")
-        self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.schema = schema
+        self.filesystem = filesystem or pafs.LocalFileSystem()
+        self.folder = str(folder)
+        self.filesystem.create_dir(self.folder, recursive=True)
+        self.schema, self.name, self.write_empty = schema, name, write_empty
         self.rows_per_shard = rows_per_shard
         self.row_group_rows = min(row_group_rows, rows_per_shard)
         self.rows = 0
@@ -41,9 +49,10 @@ class ShardedParquetWriter:
 
     def _flush(self) -> None:
         if self._writer is None:
-            name = f"part-{len(self.shards):05d}.parquet"
+            name = self.name.format(index=len(self.shards))
             self.shards.append(name)
-            self._writer = pq.ParquetWriter(self.folder / name, self.schema, compression=self._compression)
+            self._writer = pq.ParquetWriter(f"{self.folder}/{name}", self.schema, filesystem=self.filesystem,
+                                            compression=self._compression)
         self._writer.write_table(pa.Table.from_pylist(self._buffer, schema=self.schema))
         self._rows_in_shard += len(self._buffer)
         self._buffer = []
@@ -52,8 +61,8 @@ class ShardedParquetWriter:
             self._writer, self._rows_in_shard = None, 0
 
     def close(self) -> list[str]:
-        """Flush and close; an empty split still gets one (empty) shard so its schema is readable."""
-        if self._buffer or not self.shards:
+        """Flush and close; an empty split gets one (empty) shard when ``write_empty``."""
+        if self._buffer or (self.write_empty and not self.shards):
             self._flush()
         if self._writer is not None:
             self._writer.close()

@@ -30,12 +30,9 @@ import tarfile
 from collections import Counter
 from collections.abc import Iterator
 
-import pyarrow as pa
-import pyarrow.fs as pafs
-import pyarrow.parquet as pq
-
 from unip2.data.images import check_image
-from unip2.data.parquet_schema import SCHEMAS, leaf_columns
+from unip2.data.parquet_schema import SCHEMAS
+from unip2.data.parquet_writer import ShardedParquetWriter
 from unip2.data.shard_paths import filesystem_of, is_uri
 
 SCHEMA = SCHEMAS["web_pairs"]
@@ -139,48 +136,6 @@ def sample_row(key: str, files: dict[str, bytes]) -> tuple[dict | None, str | No
             "captions": [caption]}, None
 
 
-class _PartWriter:
-    """Rows → ``{prefix}-000.parquet``, ``{prefix}-001.parquet``, ... of at most ``rows_per_file`` rows each,
-    in row groups of ``row_group_rows``; image bytes stored as is, other columns zstd (as ``prepare``)."""
-
-    def __init__(self, filesystem: pafs.FileSystem, prefix: str, *, rows_per_file: int, row_group_rows: int):
-        self.filesystem, self.prefix = filesystem, prefix
-        self.rows_per_file, self.row_group_rows = rows_per_file, min(row_group_rows, rows_per_file)
-        self.files: list[str] = []
-        self.rows = 0
-        self._buffer: list[dict] = []
-        self._writer: pq.ParquetWriter | None = None
-        self._in_file = 0
-        self._compression = {c: ("NONE" if c == "image" else "ZSTD") for c in leaf_columns(SCHEMA)}
-
-    def write(self, row: dict) -> None:
-        self._buffer.append(row)
-        self.rows += 1
-        if len(self._buffer) >= min(self.row_group_rows, self.rows_per_file - self._in_file):
-            self._flush()
-
-    def _flush(self) -> None:
-        if self._writer is None:
-            path = f"{self.prefix}-{len(self.files):03d}.parquet"
-            self.files.append(path)
-            self._writer = pq.ParquetWriter(path, SCHEMA, filesystem=self.filesystem, compression=self._compression)
-        self._writer.write_table(pa.Table.from_pylist(self._buffer, schema=SCHEMA))
-        self._in_file += len(self._buffer)
-        self._buffer = []
-        if self._in_file >= self.rows_per_file:
-            self._writer.close()
-            self._writer, self._in_file = None, 0
-
-    def close(self) -> list[str]:
-        """Paths written (inside the filesystem); a shard without a usable sample writes no file."""
-        if self._buffer:
-            self._flush()
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-        return list(self.files)
-
-
 def convert_shard(shard: str, out_prefix: str, *, rows_per_file: int = 1000, row_group_rows: int = 256) -> dict:
     """Convert one tar shard (local path or URI) to Parquet files ``{out_prefix}-NNN.parquet`` (path or URI).
 
@@ -192,8 +147,10 @@ def convert_shard(shard: str, out_prefix: str, *, rows_per_file: int = 1000, row
     out_fs, out_path = filesystem_of(out_prefix)
     if is_uri(out_prefix) and not out_prefix.endswith(out_path):
         raise ValueError(f"web pairs output {out_prefix}: URI options (?...) are not supported")
-    out_fs.create_dir(out_path.rpartition("/")[0], recursive=True)
-    writer = _PartWriter(out_fs, out_path, rows_per_file=rows_per_file, row_group_rows=row_group_rows)
+    folder, _, stem = out_path.rpartition("/")
+    writer = ShardedParquetWriter(folder=folder, schema=SCHEMA, rows_per_shard=rows_per_file,
+                                  row_group_rows=row_group_rows, filesystem=out_fs, name=stem + "-{index:03d}.parquet",
+                                  write_empty=False)
     try:
         stream = in_fs.open_input_stream(in_path)
     except FileNotFoundError:
@@ -209,7 +166,7 @@ def convert_shard(shard: str, out_prefix: str, *, rows_per_file: int = 1000, row
                         writer.write(row)
             except (tarfile.TarError, EOFError):  # damaged archive; I/O errors propagate (the task fails)
                 skipped["unreadable_shard"] += 1
-    files = writer.close()
+    files = [f"{folder}/{name}" for name in writer.close()]
     if is_uri(out_prefix):  # the files as URIs again (scheme + authority before the filesystem path)
         files = [out_prefix[:len(out_prefix) - len(out_path)] + f for f in files]
     return {"files": files, "rows": writer.rows, "skipped": dict(sorted(skipped.items()))}

@@ -22,9 +22,14 @@ from unip2.model.similarity import CosineScorer
 from unip2.model.text_encoder import TextEncoder
 from unip2.model.tokenizer import TextTokenizer, tokenizer_for
 
-# Task families share a temperature: category names (classification, detection, segmentation),
-# vocabulary words (captioning) and sentences vs images (retrieval).
-SCORE_FAMILIES = ("category", "vocabulary", "retrieval")
+
+
+def score_families() -> tuple[str, ...]:
+    """The registered tasks' candidate families, in registry order (one learnable temperature each, shared by
+    the tasks naming it: category names, vocabulary words, sentences vs images)."""
+    from unip2.tasks import TASKS  # the tasks import the model's parts
+
+    return tuple(dict.fromkeys(task.candidate_family for task in TASKS.values()))
 
 
 @dataclass
@@ -45,24 +50,6 @@ class ImageEncoding:
     global_tokens: torch.Tensor | None
 
 
-def caption_candidates(config: ModelConfig, tokenizer: TextTokenizer) -> torch.Tensor:
-    """Captioning's candidate token ids (K, sorted): the whole vocabulary, or ``tasks.caption_token_ids``."""
-    options = config.tasks
-    if options.caption_vocabulary == "full":
-        return torch.arange(tokenizer.vocab_size)
-    ids = sorted(options.caption_token_ids)
-    if not ids:
-        raise ValueError("tasks.caption_token_ids: empty under caption_vocabulary: training_captions; a training "
-                         "run fills it from its training captions (unip2.data.caption_vocabulary)")
-    if ids[-1] >= tokenizer.vocab_size:
-        raise ValueError(f"tasks.caption_token_ids: id {ids[-1]} is outside the tokenizer's {tokenizer.vocab_size} "
-                         "tokens")
-    if tokenizer.eos_id not in ids:
-        raise ValueError(f"tasks.caption_token_ids: the end token (id {tokenizer.eos_id}) is missing, so no caption "
-                         "could end")
-    return torch.tensor(ids, dtype=torch.long)
-
-
 class UniPerceiverV2(nn.Module):
     """Shared encoders, decoder and scorer of Uni-Perceiver v2."""
 
@@ -81,17 +68,11 @@ class UniPerceiverV2(nn.Module):
                                           num_pools=config.tokens.num_attention_pools,
                                           num_heads=config.decoder.num_heads)
         self.text_encoder = TextEncoder.from_config(config.text, width, tokenizer, saved_config=text_encoder_config)
-        # Captioning's candidate tokens (K) and each vocabulary id's index among them (-100: not a candidate).
-        candidates = caption_candidates(config, tokenizer)
-        index = torch.full((tokenizer.vocab_size,), -100, dtype=torch.long)
-        index[candidates] = torch.arange(len(candidates))
-        self.register_buffer("vocabulary_ids", candidates, persistent=False)
-        self.register_buffer("vocabulary_index", index, persistent=False)
         # Which stream a token came from; the MoE gate sees it too, through the attributes.
         self.token_type = nn.Embedding(3, width)  # 0 regional, 1 global, 2 text
         nn.init.normal_(self.token_type.weight, std=0.02)  # N(0, 1) would drown the features it tags
         self.decoder = UnifiedDecoder.from_config(config.decoder)
-        self.scorer = CosineScorer.from_config(config.decoder, SCORE_FAMILIES)
+        self.scorer = CosineScorer.from_config(config.decoder, score_families())
         # Pixel normalization is part of the config (saved with the weights), not of each preprocessor.
         self.register_buffer("pixel_mean", torch.tensor(config.pixel_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(config.pixel_std).view(1, 3, 1, 1), persistent=False)
@@ -99,9 +80,15 @@ class UniPerceiverV2(nn.Module):
     @classmethod
     def from_config(cls, config: ModelConfig, tokenizer: TextTokenizer | None = None, *,
                     text_encoder_config: dict | None = None) -> "UniPerceiverV2":
-        """The tokenizer defaults to the text config's (``tokenizer_for``)."""
-        return cls(config=config, tokenizer=tokenizer or tokenizer_for(config.text),
-                   text_encoder_config=text_encoder_config)
+        """The tokenizer defaults to the text config's (``tokenizer_for``). Every task checks its options against
+        the model built (e.g. captioning's candidate tokens against the tokenizer), so a wrong one fails here."""
+        from unip2.tasks import TASKS  # the tasks import the model's parts
+
+        model = cls(config=config, tokenizer=tokenizer or tokenizer_for(config.text),
+                    text_encoder_config=text_encoder_config)
+        for task in TASKS.values():
+            task.check(model)
+        return model
 
     # ----------------------------------------------------------------------------------- encoders
     def encode_image(self, images: torch.Tensor, *, need_global: bool = True) -> ImageEncoding:
@@ -160,6 +147,15 @@ class UniPerceiverV2(nn.Module):
                             spe_attributes=attributes[:, 0])
 
     # ------------------------------------------------------------------- candidate cache (inference)
+    def constant(self, key: str, compute) -> torch.Tensor:
+        """A tensor a task derives once from this model's config (e.g. captioning's candidate token ids), kept
+        on the model's device."""
+        constants = self.__dict__.setdefault("_constants", {})
+        device = self.pixel_mean.device
+        if key not in constants or constants[key].device != device:
+            constants[key] = compute().to(device)
+        return constants[key]
+
     def _cached(self, key: tuple, compute) -> torch.Tensor:
         """Candidate encodings are fixed at inference: compute once per (candidates, flags), reuse.
 
@@ -194,14 +190,14 @@ class UniPerceiverV2(nn.Module):
         attributes = self.attributes(tokens, token_text=True, **task_flags)
         return self.decode(tokens, attributes, padding_mask=mask == 0)["spe"]
 
-    def encode_vocabulary(self, **task_flags: bool) -> torch.Tensor:
-        """Every candidate token (``vocabulary_ids``: the whole vocabulary, or the training captions' tokens)
-        as its own one-token text → K×D candidates for captioning; cached at inference."""
-        key = ("vocabulary", tuple(sorted(task_flags.items())))
-        return self._cached(key, lambda: self._encode_vocabulary(**task_flags))
+    def encode_vocabulary(self, ids: torch.Tensor, **task_flags: bool) -> torch.Tensor:
+        """Candidate tokens ``ids`` (K, e.g. the whole vocabulary, or the training captions' tokens), each as its
+        own one-token text → K×D candidates; cached at inference."""
+        key = ("vocabulary", ids.data_ptr(), ids.shape[0], tuple(sorted(task_flags.items())))  # ids: a constant
+        return self._cached(key, lambda: self._encode_vocabulary(ids, **task_flags))
 
-    def _encode_vocabulary(self, **task_flags: bool) -> torch.Tensor:
-        ids = self.vocabulary_ids.unsqueeze(1)  # K×1
+    def _encode_vocabulary(self, ids: torch.Tensor, **task_flags: bool) -> torch.Tensor:
+        ids = ids.to(self.pixel_mean.device).unsqueeze(1)  # K×1
         mask = torch.ones_like(ids)
         tokens = self.encode_text(ids, mask)
         attributes = self.attributes(tokens, token_text=True, **task_flags)

@@ -11,6 +11,7 @@ from unip2.tasks.captioning import Captioning
 from unip2.tasks.classification import Classification
 from unip2.tasks.detection import Detection
 from unip2.tasks.instance_segmentation import InstanceSegmentation
+from unip2.tasks.language_modelling import LanguageModelling
 from unip2.tasks.retrieval import Retrieval
 
 TASKS: dict[str, Task] = {
@@ -19,6 +20,7 @@ TASKS: dict[str, Task] = {
     "instance_segmentation": InstanceSegmentation(),
     "captioning": Captioning(),
     "retrieval": Retrieval(),
+    "language_modelling": LanguageModelling(),
 }
 
 

@@ -1,19 +1,27 @@
-"""The one protocol every task implements: preprocess → collate → loss / predict → postprocess.
+"""The one protocol every task implements: preprocess → collate → loss / predict → evaluate, and everything
+else about the task, declared in its file: its options (saved with the model), data source and annotation
+columns, metric, candidate family and Serve routes.
 
 A task turns rows of its dataset (the Parquet columns written by ``unip2.data``) into tensors, asks the
 shared model for representations, and scores them against its candidates. Tasks hold no parameters:
-everything learnable lives in the model, so one model serves every task.
+everything learnable lives in the model, so one model serves every task. Training, evaluation, Serve, Tune
+and the benchmarks iterate the registry (``unip2.tasks.TASKS``): adding a task is adding a file and a
+registry line.
 """
 
 from __future__ import annotations
 
+import json
+from collections import defaultdict
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from unip2.config import TaskInputs
-from unip2.tasks.preprocessing import object_array
+from unip2.config import TaskInputs, TaskOptions
+from unip2.tasks.outputs import MetricContext, TaskOutput
+from unip2.tasks.preprocessing import UndecodableImage, object_array
+from unip2.tasks.routes import Route, ServeContext, ServeRequest, jsonable, stack_rows
 
 # gather(x) -> (x from every worker concatenated on dim 0, offset of this worker's rows in it).
 Gather = Callable[[torch.Tensor], tuple[torch.Tensor, int]]
@@ -32,15 +40,24 @@ def to_device_function(device: torch.device):
 
 
 class Task:
-    """Base class of the five tasks; subclasses override the methods that differ."""
+    """Base class of the tasks; subclasses declare their attributes and override the methods that differ."""
 
     name: str = ""
     dataset: str = ""
-    """Dataset (in the converter's manifest) the task reads."""
+    """Dataset (in the converter's manifest) the task reads by default (``tasks.<task>.datasets`` of a run may
+    list others of the same columns)."""
+    eval_columns: tuple[str, ...] = ()
+    """Annotation columns of the dataset that prediction and ``evaluate`` read besides the image."""
     label_space: str | None = None
     """Key of ``ModelConfig.class_names`` whose names are the task's candidates, if any."""
+    candidate_family: str = "category"
+    """Score family (one learnable temperature per family, shared by the tasks that name it)."""
     metric: str = ""
     """Headline validation metric (a key of the task's metrics), e.g. for Tune objectives."""
+    Options: type[TaskOptions] = TaskOptions
+    """The task's options dataclass, one instance per task in ``ModelConfig.tasks`` (saved with the model)."""
+    routes: tuple[Route, ...] = ()
+    """The task's Serve endpoints."""
     zero_shot_splits: tuple[tuple[str, str], ...] = ()
     """(dataset, split) pairs the task is also evaluated on, zero-shot: data no run trains on, with the
     same rows format as ``dataset`` (e.g. retrieval on the Flickr30k test split, paper Table 6)."""
@@ -54,6 +71,23 @@ class Task:
         used when present, so served requests go through the same code.
         """
         raise NotImplementedError
+
+    def preprocess_decodable(self, rows: dict[str, list], **options: Any) -> tuple[dict | None, list[int], dict]:
+        """``preprocess`` of the rows whose images decode — the one rule training and evaluation skip bad images
+        by → (batch of the kept rows or None, kept row indices, {skipped row index: reason})."""
+        count = len(rows["image"])
+        try:
+            return self.preprocess(rows, **options), list(range(count)), {}
+        except UndecodableImage:
+            keep, reasons = [], {}
+            for index in range(count):
+                try:
+                    self.preprocess({k: v[index:index + 1] for k, v in rows.items()}, **options)
+                    keep.append(index)
+                except UndecodableImage as err:
+                    reasons[index] = str(err)
+            kept = {k: [v[i] for i in keep] for k, v in rows.items()}
+            return (self.preprocess(kept, **options) if keep else None), keep, reasons
 
     def collate(self, batch: dict[str, np.ndarray], device: torch.device | str = "cpu") -> dict[str, Any]:
         """Numpy batch from ``preprocess`` → tensors on ``device`` (ragged fields → lists of tensors).
@@ -73,6 +107,18 @@ class Task:
                 out[key] = list(value)
         return out
 
+    def fill_options(self, options: TaskOptions, *, data_root, datasets: list[str], train_rows: int,
+                     tokenizer) -> None:
+        """Fill, in place, the options a training run derives from its data before it starts (``datasets``' train
+        splits in the converted folder ``data_root``, ``train_rows`` rows in all). Nothing by default."""
+
+    def check(self, model) -> None:
+        """Refuse options that do not fit the model built (raise ValueError naming the field). Nothing by default."""
+
+    def options(self, model) -> TaskOptions:
+        """This task's options in ``model``'s config (its defaults when the config records none)."""
+        return model.config.task_options(self.name)
+
     # -------------------------------------------------------------------------- model (torch)
     def loss(self, model, batch: dict[str, Any], *, gather: Gather = local_gather) -> dict[str, torch.Tensor]:
         """Named, unweighted loss terms (scalars)."""
@@ -85,6 +131,44 @@ class Task:
     @torch.no_grad()
     def predict(self, model, batch: dict[str, Any], **options: Any) -> list[dict]:
         """Predictions for a collated batch, one dict per row in the task's standard format."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------------------- serving
+    @torch.no_grad()
+    def answer_predict(self, model, requests: list[ServeRequest], context: ServeContext) -> list:
+        """One preprocessed image per request through ``predict``; requests with the same parameters share a
+        forward pass. → one prediction per request (JSON-ready, without ``image_id``), or its exception."""
+        results: list = [None] * len(requests)
+        groups: dict[str, list[int]] = defaultdict(list)
+        for index, request in enumerate(requests):
+            groups[json.dumps(request.params, sort_keys=True)].append(index)
+        device = model.pixel_mean.device
+        for options, indices in groups.items():
+            try:
+                batch = self.collate(stack_rows([requests[i].rows for i in indices]), device=device)
+                for index, prediction in zip(indices, self.predict(model, batch, **json.loads(options))):
+                    prediction.pop("image_id", None)
+                    results[index] = jsonable(prediction)
+            except Exception as err:  # one group's failure must not take the other groups' requests down
+                for index in indices:
+                    results[index] = err
+        return results
+
+    # ---------------------------------------------------------------------------- evaluation
+    def missing_evaluation_data(self, manifest: dict, dataset: str, split: str) -> str | None:
+        """Why this task cannot be evaluated on ``split`` of ``dataset`` in a data folder's manifest, or None."""
+        splits = manifest["datasets"].get(dataset, {}).get("splits", {})
+        if split not in splits:
+            return f"no {dataset}/{split} in the data (present: {sorted(splits) or 'none'})"
+        if not splits[split].get("rows"):
+            return f"{dataset}/{split} has no rows"
+        if self.label_space is not None and self.label_space not in manifest.get("class_names", {}):
+            return f"the data has no class names for label space {self.label_space!r}"
+        return None
+
+    def evaluate(self, output: TaskOutput, context: MetricContext) -> tuple[dict, dict]:
+        """Metrics of the predictions over a split → (JSON-ready metrics holding ``metric``, {kind: path} of the
+        result files written into ``context.out_dir``)."""
         raise NotImplementedError
 
     def class_names(self, model, override: list[str] | None = None) -> list[str]:

@@ -2,16 +2,42 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from unip2.config import TaskOptions
+from unip2.config_io import require
+from unip2.eval import classification_metrics
 from unip2.tasks.base import Task, image_batch, image_ids, local_gather
+from unip2.tasks.outputs import MetricContext, TaskOutput
+from unip2.tasks.routes import Route
 from unip2.tasks.preprocessing import center_resize, decode_image, random_resized_crop
 
 TASK_FLAGS = dict(input_image=True, target_category=True)
+
+
+@dataclass
+class ClassificationOptions(TaskOptions):
+    """Classification's options, saved with the model."""
+
+    label_smoothing: float = 0.1
+    """Label smoothing of the cross-entropy over the class names."""
+
+    def validate(self, prefix: str = "") -> None:
+        super().validate(prefix)
+        require(0 <= self.label_smoothing < 1, prefix + "label_smoothing", "must be in [0, 1)")
+
+
+@dataclass
+class ClassifyRequest:
+    class_names: list[str] | None = field(default=None, metadata={
+        "min_length": 1, "max_length": 1000, "item_max_length": 200,
+        "description": "open vocabulary; default: the checkpoint's names"})
+    top_k: int = field(default=5, metadata={"ge": 1, "le": 1000, "description": "labels returned, best first"})
 
 
 class Classification(Task):
@@ -19,6 +45,9 @@ class Classification(Task):
     dataset = "imagenet"
     label_space = "imagenet"
     metric = "top1"
+    Options = ClassificationOptions
+    eval_columns = ("label",)
+    routes = (Route("/v1/classify", "Top-k labels of an image", ClassifyRequest),)
 
     def preprocess(self, batch, *, image_size, tokenizer, train, rng, max_text_length=32):
         images = []
@@ -46,8 +75,8 @@ class Classification(Task):
 
     def loss(self, model, batch, *, gather=local_gather):
         image_features, candidates = self.features(model, batch["images"], self.class_names(model))
-        logits = model.score(image_features, candidates, "category")  # B×K
-        smoothing = model.config.tasks.classification_label_smoothing
+        logits = model.score(image_features, candidates, self.candidate_family)  # B×K
+        smoothing = self.options(model).label_smoothing
         return {"loss_class": F.cross_entropy(logits.float(), batch["labels"], label_smoothing=smoothing)}
 
     def loss_weights(self, model):
@@ -58,9 +87,17 @@ class Classification(Task):
                 **options: Any) -> list[dict]:
         names = self.class_names(model, class_names)
         image_features, candidates = self.features(model, batch["images"], names)
-        probs = model.score(image_features, candidates, "category").float().softmax(-1)
+        probs = model.score(image_features, candidates, self.candidate_family).float().softmax(-1)
         scores, labels = probs.topk(min(top_k, len(names)), dim=-1)
         return [{"image_id": int(image_id), "label": int(row_labels[0]), "score": float(row_scores[0]),
                  "top_labels": [int(i) for i in row_labels], "top_names": [names[int(i)] for i in row_labels],
                  "top_scores": [float(s) for s in row_scores]}
                 for image_id, row_labels, row_scores in zip(batch["image_id"], labels, scores)]
+
+    def evaluate(self, output: TaskOutput, context: MetricContext) -> tuple[dict, dict]:
+        """Top-1 / top-5 against the rows' labels; predicted names are matched to the data's classes by name,
+        so a candidate that is not a class of the data is never right (open vocabulary)."""
+        index = {name: i for i, name in enumerate(context.data_class_names[self.label_space])}
+        top_labels = np.asarray([[index.get(name, -1) for name in p["top_names"]] for p in output.predictions])
+        metrics = classification_metrics(np.asarray(output.annotations["label"], dtype=np.int64), top_labels)
+        return metrics | {"num_images": len(output.predictions)}, {}

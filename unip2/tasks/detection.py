@@ -7,19 +7,51 @@ proposals can attend to each other; each proposal's output is its representation
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from unip2.config import TaskOptions
+from unip2.config_io import require
 from unip2.model.box_ops import box_cxcywh_to_xyxy
 from unip2.model.proposal_criterion import ProposalCriterion
+from unip2.eval import coco_eval, to_coco_results, write_coco_results
 from unip2.tasks.base import Task, image_batch, image_ids, local_gather, object_array
+from unip2.tasks.outputs import MetricContext, TaskOutput
+from unip2.tasks.routes import Route
 from unip2.tasks.preprocessing import decode_image, decode_rle, encode_rle, letterbox, letterbox_mask
 
 TASK_FLAGS = dict(input_image=True, target_category=True)
 MASK_STRIDE = 4  # target masks are stored at 1/4 of the input size, like the mask logits
+
+
+@dataclass
+class DetectionOptions(TaskOptions):
+    """Detection's (and instance segmentation's) options, saved with the model."""
+
+    max_per_image: int = 100
+    """Detections kept per image after scoring (objectness × class probability)."""
+    category_weight: float = 2.0
+    """Loss weight of the category cross-entropy on matched proposals (beside the RPN's weights)."""
+
+    def validate(self, prefix: str = "") -> None:
+        super().validate(prefix)
+        require(self.max_per_image >= 1, prefix + "max_per_image", "must be >= 1")
+        require(self.category_weight >= 0, prefix + "category_weight", "must be >= 0")
+
+
+@dataclass
+class DetectRequest:
+    class_names: list[str] | None = field(default=None, metadata={
+        "min_length": 1, "max_length": 1000, "item_max_length": 200,
+        "description": "open vocabulary; default: the checkpoint's names"})
+    score_threshold: float = field(default=0.0, metadata={
+        "ge": 0.0, "le": 1.0, "description": "drop detections scoring at or below it"})
+    max_detections: int | None = field(default=None, metadata={
+        "ge": 1, "le": 1000, "description": "default: the checkpoint's limit"})
 
 
 class Detection(Task):
@@ -27,7 +59,12 @@ class Detection(Task):
     dataset = "coco_instances"
     label_space = "coco"
     metric = "bbox_AP"
+    Options = DetectionOptions
     with_masks = False
+    iou_types = ("bbox",)
+    """COCOeval runs, in order; the first names the headline metric."""
+    results_file = "detections.json"
+    routes = (Route("/v1/detect", "Boxes (x, y, w, h in input pixels), labels, scores", DetectRequest),)
 
     def __init__(self):
         self._criteria: dict[int, ProposalCriterion] = {}
@@ -120,7 +157,7 @@ class Detection(Task):
         targets = self.targets(batch)
         terms, indices = self.criterion(model)(encoding.proposals, targets)
         features = self.proposal_features(model, encoding)
-        logits = model.score(features, self.candidates(model, self.class_names(model)), "category")  # B×Q×K
+        logits = model.score(features, self.candidates(model, self.class_names(model)), self.candidate_family)  # B×Q×K
         matched_logits = torch.cat([logits[b, src] for b, (src, _) in enumerate(indices)])
         matched_labels = torch.cat([t["labels"][tgt] for t, (_, tgt) in zip(targets, indices)])
         if matched_labels.numel():
@@ -131,7 +168,7 @@ class Detection(Task):
 
     def loss_weights(self, model):
         weights = dict(self.criterion(model).weights())
-        weights["loss_category"] = model.config.tasks.detection_category_weight
+        weights["loss_category"] = self.options(model).category_weight
         return weights
 
     # ------------------------------------------------------------------------------- inference
@@ -139,10 +176,10 @@ class Detection(Task):
     def predict(self, model, batch, *, class_names: list[str] | None = None, score_threshold: float = 0.0,
                 max_detections: int | None = None, **options: Any) -> list[dict]:
         names = self.class_names(model, class_names)
-        limit = max_detections or model.config.tasks.detection_max_per_image
+        limit = max_detections or self.options(model).max_per_image
         encoding = model.encode_image(batch["images"])
         probs = model.score(self.proposal_features(model, encoding), self.candidates(model, names),
-                            "category").float().softmax(-1)
+                            self.candidate_family).float().softmax(-1)
         scores = probs * encoding.proposals["objectness"].float().sigmoid().unsqueeze(-1)  # B×Q×K
         image_size = batch["images"].shape[-1]
         results = []
@@ -167,6 +204,27 @@ class Detection(Task):
             results.append(result)
         return results
 
+    # ------------------------------------------------------------------------------ evaluation
+    def missing_evaluation_data(self, manifest: dict, dataset: str, split: str) -> str | None:
+        reason = super().missing_evaluation_data(manifest, dataset, split)
+        if reason is None and not manifest.get("annotations", {}).get("instances", {}).get(split):
+            return f"no COCO instances annotation file for split {split!r} in the manifest"
+        return reason
+
+    def evaluate(self, output: TaskOutput, context: MetricContext) -> tuple[dict, dict]:
+        """COCOeval (pycocotools) of the predictions against the split's instances file. Predicted names are
+        relabelled into the data's classes by name; detections of other names are dropped and counted."""
+        predictions, dropped = _to_data_labels(output.predictions, context.data_class_names[self.label_space])
+        path = write_coco_results(to_coco_results(predictions, context.category_ids),
+                                  context.out_dir / self.results_file)
+        image_ids = [int(p["image_id"]) for p in predictions]
+        metrics: dict = {}
+        for iou_type in self.iou_types:
+            scores = coco_eval(context.annotation_files["instances"], path, iou_type, image_ids=image_ids)
+            metrics |= {f"{iou_type}_{name}": value for name, value in scores.items()}
+        metrics |= {"num_images": len(image_ids), "dropped_detections": dropped}
+        return metrics, {self.results_file.removesuffix(".json"): str(path)}
+
     @staticmethod
     def masks_to_rle(logits: torch.Tensor, image_size: int, scale: float, height: int, width: int) -> list[dict]:
         """N×Hm×Wm mask logits on the letterboxed canvas → COCO RLE at the original image size."""
@@ -177,3 +235,20 @@ class Detection(Task):
         content = canvas[:, :, :max(1, round(height * scale)), :max(1, round(width * scale))]
         full = F.interpolate(content, size=(height, width), mode="bilinear", align_corners=False)[:, 0]
         return [encode_rle((mask > 0).cpu().numpy()) for mask in full]
+
+
+def _to_data_labels(predictions: list[dict], data_names: list[str]) -> tuple[list[dict], int]:
+    """Detections relabelled by name into the data's classes; those of unknown names removed."""
+    index = {name: i for i, name in enumerate(data_names)}
+    relabelled, dropped = [], 0
+    for prediction in predictions:
+        keep = [i for i, name in enumerate(prediction["names"]) if name in index]
+        dropped += len(prediction["names"]) - len(keep)
+        entry = {"image_id": prediction["image_id"],
+                 "boxes": [prediction["boxes"][i] for i in keep],
+                 "labels": [index[prediction["names"][i]] for i in keep],
+                 "scores": [prediction["scores"][i] for i in keep]}
+        if "masks" in prediction:
+            entry["masks"] = [prediction["masks"][i] for i in keep]
+        relabelled.append(entry)
+    return relabelled, dropped

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from unip2.tasks.detection import Detection
+from unip2.tasks.detection import Detection, DetectRequest
+from unip2.tasks.routes import Route
 
 
 class InstanceSegmentation(Detection):
     name = "instance_segmentation"
     metric = "segm_AP"
     with_masks = True
+    iou_types = ("segm", "bbox")
+    results_file = "segmentations.json"
+    routes = (Route("/v1/segment", "As detect, plus each instance's mask as COCO RLE", DetectRequest),)

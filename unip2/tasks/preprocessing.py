@@ -12,13 +12,21 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 
+class UndecodableImage(ValueError):
+    """An image's bytes do not decode. Training and evaluation skip the row and count it
+    (``Task.preprocess_decodable``); Serve answers 400."""
+
+    reason = "undecodable image"
+    """The key skipped rows are counted under."""
+
+
 def decode_image(data: bytes) -> Image.Image:
-    """Encoded bytes → RGB PIL image (raises ValueError with the reason when undecodable)."""
+    """Encoded bytes → RGB PIL image (raises UndecodableImage with the reason when undecodable)."""
     try:
         image = Image.open(io.BytesIO(data))
         image.load()
     except Exception as err:  # PIL raises many types for bad data
-        raise ValueError(f"undecodable image: {err}") from err
+        raise UndecodableImage(f"{UndecodableImage.reason}: {err}") from err
     return image.convert("RGB")
 
 
