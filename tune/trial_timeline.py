@@ -150,7 +150,7 @@ PHASES = [
     ("Train: last report → worker group shut down", "train_last_checkpoint", "train_shutdown_done"),
     ("Train: controller teardown → fit() returns", "train_shutdown_done", "fit_returned"),
     ("trial: checkpoint opened, state read", "fit_returned", "checkpoint_opened"),
-    ("evaluation (Ray Data pipeline, predictor actor, metrics)", "checkpoint_opened", "evaluated"),
+    ("evaluation (predictions in the trial, Ray Data with GPUs; metrics)", "checkpoint_opened", "evaluated"),
     ("trial: final report sent", "evaluated", "reported"),
     ("Tune: final result → driver", "reported", "last_result"),
     ("Tune: trial completion, actor stop", "last_result", "trial_complete"),
