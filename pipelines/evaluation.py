@@ -16,8 +16,9 @@ Phases:
    stream → ``map_batches(BatchPredictor)``, an actor pool of ``concurrency`` actors that each load the
    checkpoint once (one GPU each when the cluster has GPUs, else ``num_cpus``) and predict every task
    reading the row's dataset, each with the input settings the checkpoint records for it
-   (``ModelConfig.task_input_settings``); the driver gathers the rows.
-3. Metrics on the driver (``pipelines.task_metrics`` → ``unip2.eval``), then the files in ``out_dir``:
+   (``ModelConfig.task_input_settings``); the driver gathers the rows. ``in_process=True`` (sweep trials
+   on CPU clusters) predicts the same rows in the caller's process instead (``predict_in_process``).
+3. Metrics on the driver (each task's ``evaluate`` → ``unip2.eval``), then the files in ``out_dir``:
    ``metrics.json``, ``detections.json`` / ``segmentations.json`` (COCO results), ``captions.json``,
    ``report.md`` (paper Table 6 layout) and ``predictions.png`` (a grid of predictions).
 """
@@ -152,8 +153,9 @@ def evaluate(checkpoint_dir: str | Path, data_root: str | Path, *, split: str = 
              tasks: list[str] | None = None, out_dir: str | Path,
              class_names: dict[str, list[str]] | list[str] | None = None, concurrency: int = 1,
              batch_size: int = 16, max_images: int | None = None, num_cpus: float = 0.5,
-             meteor: bool = True) -> dict:
-    """Evaluate a checkpoint on ``split`` of a converted data folder; Ray must already be initialized.
+             meteor: bool = True, in_process: bool = False) -> dict:
+    """Evaluate a checkpoint on ``split`` of a converted data folder; Ray must already be initialized
+    (unless ``in_process``).
 
     Args:
         checkpoint_dir: a directory written by ``unip2.save`` (e.g. a run's ``checkpoint/``), or a training
@@ -170,6 +172,9 @@ def evaluate(checkpoint_dir: str | Path, data_root: str | Path, *, split: str = 
         max_images: evaluate only the first N rows of each dataset's split.
         num_cpus: CPUs reserved per actor when the cluster has no GPU (one GPU per actor otherwise).
         meteor: compute METEOR (a Java process, ~10 s).
+        in_process: predict in this process (``predict_in_process``: the same rows, batches and predictions,
+            ``num_cpus`` threads) instead of a Ray Data pipeline and actor, whose start costs ~15 s on
+            2 CPUs: for small splits evaluated where this process may use the CPU (sweep trials).
     Returns:
         The content of ``metrics.json``: {task: metrics} for each evaluated task and {``<task>_<dataset>``:
         metrics} for each zero-shot split evaluated, plus "zero_shot" {key: {"task", "dataset", "split"}},
@@ -180,7 +185,7 @@ def evaluate(checkpoint_dir: str | Path, data_root: str | Path, *, split: str = 
 
     start = time.perf_counter()
     plan = plan_evaluation(checkpoint_dir, data_root, split=split, tasks=tasks, class_names=class_names)
-    if not ray.is_initialized():
+    if not in_process and not ray.is_initialized():
         raise RuntimeError("evaluate() runs inside a started Ray: call ray.init first (pipelines/evaluate.py does)")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -191,10 +196,11 @@ def evaluate(checkpoint_dir: str | Path, data_root: str | Path, *, split: str = 
     for entry in plan.evaluations:
         by_dataset[entry.dataset].append(entry.task)
         dataset_split[entry.dataset] = entry.split
-    tables = predict_splits(plan.checkpoint_dir,
-                            {d: split_files(plan.data_root, d, s) for d, s in dataset_split.items()},
-                            dict(by_dataset), options, batch_size=batch_size, concurrency=concurrency,
-                            max_images=max_images, num_cpus=num_cpus)
+    predict = predict_in_process if in_process else predict_splits
+    tables = predict(plan.checkpoint_dir,
+                     {d: split_files(plan.data_root, d, s) for d, s in dataset_split.items()},
+                     dict(by_dataset), options, batch_size=batch_size, concurrency=concurrency,
+                     max_images=max_images, num_cpus=num_cpus)
 
     manifest = plan.manifest
     instances = manifest.get("annotations", {}).get("instances", {}).get(split)
@@ -278,6 +284,46 @@ def predict_splits(checkpoint_dir: Path, files: dict[str, list[Path]], tasks_by_
     table = pa.concat_tables(batches) if batches else None
     return {dataset: table.filter(pc.equal(table.column("dataset"), dataset)) if table is not None else None
             for dataset in files}
+
+
+def predict_in_process(checkpoint_dir: Path, files: dict[str, list[Path]], tasks_by_dataset: dict[str, list[str]],
+                       options: dict, *, batch_size: int, concurrency: int, max_images: int | None,
+                       num_cpus: float) -> dict[str, pa.Table]:
+    """``predict_splits`` without Ray: the same rows (each split's first ``max_images``, in order) through one
+    ``BatchPredictor`` here, with the torch threads Ray would give its actor (``num_cpus``, at least 1);
+    ``concurrency`` is not used. Batches of ``batch_size`` never mix datasets, as in the Ray Data stream
+    (a union of each split's blocks); a prediction depends on its batch by float rounding only, and Ray Data
+    also ends a batch at a block's end, so splits read as several blocks may differ in the last digits."""
+    import torch
+
+    annotations = annotation_columns()
+    columns = {dataset: [name for name in annotations if name in pq.read_schema(paths[0]).names]
+               for dataset, paths in files.items()}
+    predictor = BatchPredictor(str(checkpoint_dir), tasks_by_dataset, columns, options)
+    tables = {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(num_cpus)))
+    try:
+        for dataset, paths in files.items():
+            rows = to_row_schema(_first_rows(paths, ["image", "image_id", *columns[dataset]], max_images), dataset)
+            batches = [predictor(rows.slice(start, batch_size)) for start in range(0, rows.num_rows, batch_size)]
+            tables[dataset] = pa.concat_tables(batches) if batches else None
+    finally:
+        torch.set_num_threads(threads)
+    return tables
+
+
+def _first_rows(paths: list[Path], columns: list[str], count: int | None) -> pa.Table:
+    """The first ``count`` rows (all when None) of the shards ``paths``, in order."""
+    tables, left = [], count
+    for path in paths:
+        table = pq.read_table(path, columns=columns)
+        tables.append(table if left is None else table.slice(0, left))
+        if left is not None:
+            left -= tables[-1].num_rows
+            if left <= 0:
+                break
+    return pa.concat_tables(tables)
 
 
 def parameter_count(checkpoint_dir: str | Path) -> int:

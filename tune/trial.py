@@ -3,8 +3,8 @@
 Train V2 style: the Tune trainable is a driver function that launches the project's TorchTrainer
 (``pipelines.trainer.make_trainer``) and, when it is done, evaluates the final checkpoint with
 ``pipelines.evaluation.evaluate``. Every Train report (at each checkpoint: step, ``loss/<task>``) reaches
-Tune through ``ProgressReport`` with the loss ratio to the baseline added, for ASHA; the last report holds
-every task's headline metric and the objective.
+Tune through ``tune.progress_report.ProgressReport`` with the loss ratio to the baseline added, for ASHA; the
+last report holds every task's headline metric and the objective.
 
 Each trial's run folder is ``<sweep>/trials/<trial id>/`` (run config, Train storage, evaluation); a trial
 restarted after an interruption resumes its training from the last checkpoint there.
@@ -12,27 +12,37 @@ restarted after an interruption resumes its training from the last checkpoint th
 
 from __future__ import annotations
 
-import json
-import math
-import os
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 
-import ray.tune
-from ray.tune.integration.ray_train import TuneReportCallback
+_IMPORT_STARTED = time.time()  # a trial actor imports this module first: the start of its imports
 
-from pipelines.evaluation import evaluate
-from pipelines.run_setup import prepare_run
-from pipelines.train_checkpoint import read_state
-from pipelines.trainer import make_trainer
-from tune.objective import FLOOR, OBJECTIVE, PROGRESS, loss_progress, relative_objective, task_scores
-from tune.search_space import to_overrides
+import json  # noqa: E402
+import os  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import ray.tune  # noqa: E402
+
+from pipelines.evaluation import evaluate  # noqa: E402
+from pipelines.ray_runtime import cluster_has_gpus  # noqa: E402
+from pipelines.run_setup import prepare_run  # noqa: E402
+from pipelines.train_checkpoint import read_state  # noqa: E402
+from pipelines.trainer import make_trainer  # noqa: E402
+from tune.objective import FLOOR, OBJECTIVE, PROGRESS, relative_objective, task_scores  # noqa: E402
+from tune.progress_report import ProgressReport, step_progress  # noqa: E402
+from tune.search_space import to_overrides  # noqa: E402
+from tune.trial_timeline import TrialClock, process_started  # noqa: E402
+from unip2.run_config import load_run_config  # noqa: E402
+
+_IMPORTED = time.time()
 
 
 @dataclass
 class EvaluationSettings:
-    """How a trial's checkpoint is evaluated (small and fast for sweeps)."""
+    """How a trial's checkpoint is evaluated (small and fast for sweeps). On a cluster without GPUs the
+    trial predicts in its own process (``evaluate(in_process=True)``: same predictions, no Ray Data
+    pipeline and predictor actor to start, ~15 s less per trial on 2 CPUs); with GPUs, a Ray Data
+    predictor actor takes one."""
 
     split: str = "val"
     max_images: int | None = None
@@ -40,7 +50,7 @@ class EvaluationSettings:
     meteor: bool = False
     """METEOR needs a Java process (~10 s): off in sweeps, CIDEr is the captioning metric."""
     num_cpus: float = 0.25
-    """CPUs of the evaluation's predictor actor."""
+    """CPUs of the evaluation's predictor actor (in the trial's process: its torch threads, at least 1)."""
     batch_size: int = 16
 
 
@@ -63,50 +73,40 @@ class TrialSetup:
     """δ of the relative objective (``tune.objective``)."""
 
 
-class ProgressReport(TuneReportCallback):
-    """Forwards every Train report to Tune, adding ``progress`` = the loss ratio to the baseline at that step."""
-
-    def __init__(self, reference: dict[int, dict[str, float]]):
-        super().__init__()
-        self.reference = reference
-
-    def after_report(self, run_context, metrics, checkpoint):
-        first = dict(metrics[0])
-        first[PROGRESS] = step_progress(first, self.reference)
-        super().after_report(run_context, [first, *metrics[1:]], checkpoint)
-
-
-def step_progress(losses: dict, reference: dict[int, dict[str, float]]) -> float:
-    """``progress`` of a report {"step", "loss/<task>", ...}; NaN (never stopped on) when no task compares.
-    Every result carries it: Tune refuses results without the scheduler's metric."""
-    shared = reference.get(int(losses.get("step", -1)), {})
-    progress = loss_progress({k: v for k, v in losses.items() if k.startswith("loss/")}, shared)
-    return math.nan if progress is None else progress
-
-
-def train_and_evaluate(setup: TrialSetup, params: dict, out: Path, *, callbacks: list = ()) -> dict:
+def train_and_evaluate(setup: TrialSetup, params: dict, out: Path, *, callbacks: list = (),
+                       clock: TrialClock | None = None) -> dict:
     """Train the base config with ``params`` applied into run folder ``out``, then evaluate.
 
     Returns {"scores": {``<task>/<metric>``: value}, "losses": {step: {"loss/<task>": value}},
-    "train_s", "eval_s"}; also written to ``out/trial.json``.
+    "train_s", "eval_s"}; also written to ``out/trial.json``. ``clock``: marks the phases
+    (``tune.trial_timeline``).
     """
+    clock = clock or TrialClock()
     run, out, data_root = prepare_run(setup.config_path, [*setup.overrides, *to_overrides(params)], out=str(out))
+    clock.keep_in(out)
+    clock.mark("prepared")
     started = time.time()
-    result = make_trainer(run, out=out, data_root=data_root, callbacks=callbacks).fit()
+    trainer = make_trainer(run, out=out, data_root=data_root, callbacks=callbacks)
+    clock.mark("trainer_built")
+    result = trainer.fit()
+    clock.mark("fit_returned")
     if result.error is not None:
         raise result.error
     trained = time.time()
     evaluation_settings = setup.evaluation
     with result.checkpoint.as_directory() as directory:
         history = read_state(directory)["history"]
+        clock.mark("checkpoint_opened")
         evaluation = evaluate(Path(directory) / "model", data_root, split=evaluation_settings.split,
                               tasks=list(run.tasks), out_dir=out / "evaluation",
                               max_images=evaluation_settings.max_images, meteor=evaluation_settings.meteor,
-                              num_cpus=evaluation_settings.num_cpus, batch_size=evaluation_settings.batch_size)
+                              num_cpus=evaluation_settings.num_cpus, batch_size=evaluation_settings.batch_size,
+                              in_process=not cluster_has_gpus())
     measured = {"params": params, "scores": task_scores(evaluation, list(run.tasks)),
                 "losses": {entry["step"]: {k: v for k, v in entry.items() if k.startswith("loss/")}
                            for entry in history},
                 "train_s": trained - started, "eval_s": time.time() - trained}
+    clock.mark("evaluated")
     (out / "trial.json").write_text(json.dumps(measured, indent=2))
     return measured
 
@@ -114,12 +114,17 @@ def train_and_evaluate(setup: TrialSetup, params: dict, out: Path, *, callbacks:
 def run_trial(params: dict, *, setup: TrialSetup) -> None:
     """The Tune trainable (wrap with ``ray.tune.with_parameters(run_trial, setup=...)``)."""
     started = time.time()
+    clock = TrialClock(process_started=process_started(), module_import_start=_IMPORT_STARTED,
+                       module_imported=_IMPORTED, function_start=started)
     os.chdir(setup.cwd)
     out = Path(setup.sweep_dir) / "trials" / ray.tune.get_context().get_trial_id()
     losses = {int(step): value for step, value in setup.baseline["losses"].items()}
-    measured = train_and_evaluate(setup, params, out, callbacks=[ProgressReport(losses)])
+    run = load_run_config(setup.config_path, [*setup.overrides, *to_overrides(params)])
+    progress = ProgressReport(losses, checkpoint_every=run.train.checkpoint_every)
+    measured = train_and_evaluate(setup, params, out, callbacks=[progress], clock=clock)
     scores = measured["scores"]
     last = max(measured["losses"])
+    clock.mark("reported")
     ray.tune.report({**scores, OBJECTIVE: relative_objective(scores, setup.baseline["scores"], floor=setup.floor),
                      PROGRESS: step_progress({"step": last, **measured["losses"][last]}, losses),
                      "train_s": measured["train_s"], "eval_s": measured["eval_s"],

@@ -34,6 +34,7 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 from pipelines import ray_runtime
 from tune import orphaned_groups, results
 from tune.objective import FLOOR, OBJECTIVE, PROGRESS, check_metric
+from tune.progress_report import TRAIN_REPORT
 from tune.search_space import SearchSpace, param_space, uniform_params
 from tune.trial import EvaluationSettings, TrialSetup, run_trial, train_and_evaluate
 from unip2 import config_io
@@ -198,6 +199,17 @@ def make_trainable(spec: SweepSpec, out: Path, baseline: dict):
     return ray.tune.with_resources(trainable, {"CPU": spec.settings.trial_cpus})
 
 
+def make_scheduler(run: RunConfig, settings: SweepSettings) -> ASHAScheduler:
+    """ASHA on ``progress``, with rungs on the Train report's number (``train_report``), not on Tune's iteration
+    count: a trial resumed after an interruption counts iterations from 1 again while Train goes on from its
+    checkpoint, so iteration rungs compared its step-8 loss ratio (or its final, post-evaluation result) with
+    other trials' step-4 ones. In a trial never interrupted the two counts are the same; the final result
+    carries no report number and ASHA leaves it alone (as it did at iteration ``max_t``)."""
+    reports = report_count(run)
+    return ASHAScheduler(time_attr=TRAIN_REPORT, metric=PROGRESS, mode="max", max_t=reports,
+                         grace_period=min(settings.grace_period, reports), reduction_factor=settings.reduction_factor)
+
+
 def make_tuner(spec: SweepSpec, out: Path, trainable, *, concurrency: int, callbacks: list = ()) -> ray.tune.Tuner:
     """A new Tuner running ``trainable`` over the sweep's search space, at most ``concurrency`` trials at
     once, or the interrupted one restored from ``<out>/tune``."""
@@ -207,9 +219,7 @@ def make_tuner(spec: SweepSpec, out: Path, trainable, *, concurrency: int, callb
                                       resume_errored=False, restart_errored=False)
     run = base_run(spec)
     settings = spec.settings
-    scheduler = ASHAScheduler(time_attr="training_iteration", metric=PROGRESS, mode="max",
-                              max_t=report_count(run), grace_period=min(settings.grace_period, report_count(run)),
-                              reduction_factor=settings.reduction_factor)
+    scheduler = make_scheduler(run, settings)
     return ray.tune.Tuner(
         trainable,
         param_space=param_space(spec.space, run),

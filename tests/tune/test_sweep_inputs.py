@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -12,7 +13,8 @@ from tune import sweep
 from tune.objective import check_metric, loss_progress, metric_key, relative_objective, sweep_metrics
 from tune.results import COMPLETED, STOPPED, pareto_set
 from tune.search_space import SearchSpace, flat_params, load_search_space, param_space, to_overrides
-from tune.tuner import SweepSettings, trial_concurrency
+from tune.progress_report import TRAIN_REPORT
+from tune.tuner import SweepSettings, make_scheduler, trial_concurrency
 from unip2.config_io import ConfigError
 from unip2.run_config import load_run_config
 from unip2.tasks import TASKS
@@ -120,3 +122,18 @@ def test_trials_are_sized_to_leave_a_cpu_for_ray_data():
         trial_concurrency(default, settings, {"CPU": 2.0})
     gpu = load_run_config(None, ["scale.num_workers=2", "scale.use_gpu=true"])
     assert trial_concurrency(gpu, SweepSettings(samples=8), {"CPU": 64.0, "GPU": 8.0}) == 4
+
+
+def test_asha_rungs_follow_train_reports_also_for_a_resumed_trial():
+    run = load_run_config(None, sweep.SMOKE_RUN)  # 8 steps, a report every 4: reports 1, 2, then the final
+    scheduler = make_scheduler(run, SweepSettings())
+    fresh, resumed = SimpleNamespace(trial_id="fresh"), SimpleNamespace(trial_id="resumed")
+    for trial in (fresh, resumed):
+        scheduler.on_trial_add(None, trial)
+    assert scheduler.on_trial_result(None, fresh, {TRAIN_REPORT: 1, "progress": 1.2}) == "CONTINUE"
+    # Resumed from its step-4 checkpoint, its first result is Train's report 2 (Tune's iteration 1): judged on
+    # the rung of report 2, where nobody is yet, not against the fresh trial's report 1.
+    assert scheduler.on_trial_result(None, resumed, {TRAIN_REPORT: 2, "progress": 1.0}) == "CONTINUE"
+    # The final (evaluation) result carries no report number: never a rung, never a stop.
+    assert scheduler.on_trial_result(None, fresh, {"progress": 0.1, "objective": 1.0}) == "CONTINUE"
+    assert scheduler.on_trial_result(None, fresh, {TRAIN_REPORT: 2, "progress": 0.9}) == "STOP"  # below 1.0
