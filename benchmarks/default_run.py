@@ -1,6 +1,16 @@
-"""Wall time and peak memory of ``python pipelines/train.py`` (the default run), as a user runs it.
+"""Wall time, peak memory and validation metrics of ``python pipelines/train.py`` (the default run), as a user
+runs it, against the goals of the default run.
 
-    python benchmarks/default_run.py [--steps 100] [--no-eval]
+    python benchmarks/default_run.py                 # stage 1 from the repository's cache (trained first if absent)
+    python benchmarks/default_run.py --fresh         # as on a fresh machine: data and stage 1 made from nothing
+
+A run that trains stage 1 reports ``default_run_fresh_s`` (goal ≤ 15 min), one that finds it cached
+``default_run_s`` (goal ≤ 10 min).
+    python benchmarks/default_run.py [--steps 100] [--no-eval] [--out runs/measured]
+
+Goals (2 cores): ≤ 10 min with stage 1 cached, ≤ 15 min fresh; on the embedded validation split top-1 ≥ 0.90,
+box AP ≥ 0.50, mask AP ≥ 0.40, CIDEr ≥ 1.5, R@1 ≥ 0.50 both ways, masked-token accuracy ≥ 0.80 (metric goals
+apply to the full run only; a ``--steps`` run reports them).
 
 Runs the command in a subprocess (from the repository root, into a scratch run folder) and polls its
 whole process tree — the driver, the local Ray it starts (GCS, raylet, workers, Ray Data actors) — every
@@ -13,6 +23,7 @@ running (the command starts its own).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -25,7 +36,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.results_table import result  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-WALL = ("default_run_s", "`python pipelines/train.py` wall time", "reported")
+WALL = ("default_run_s", "`python pipelines/train.py` wall time", "<= 600")
+FRESH_GOAL = "<= 900"
+# key → (measure, where in metrics.json, goal)
+METRICS = {
+    "default_run_top1": ("classification top-1", ("classification", "top1"), ">= 0.9"),
+    "default_run_box_ap": ("box AP", ("detection", "bbox_AP"), ">= 0.5"),
+    "default_run_mask_ap": ("mask AP", ("instance_segmentation", "segm_AP"), ">= 0.4"),
+    "default_run_cider": ("caption CIDEr", ("captioning", "CIDEr"), ">= 1.5"),
+    "default_run_i2t_r1": ("retrieval R@1 image→text", ("retrieval", "i2t_R@1"), ">= 0.5"),
+    "default_run_t2i_r1": ("retrieval R@1 text→image", ("retrieval", "t2i_R@1"), ">= 0.5"),
+    "default_run_lm_accuracy": ("masked-token accuracy", ("language_modelling", "accuracy"), ">= 0.8"),
+}
 PEAK = ("default_run_peak_mb", "`python pipelines/train.py` peak memory (process tree, PSS)", "reported")
 
 
@@ -89,35 +111,53 @@ def run_and_measure(command: list[str], *, cwd: Path, interval: float = 0.5, log
             "returncode": process.returncode}
 
 
-def run(*, steps: int | None = None, evaluate: bool = True, interval: float = 0.5) -> list[dict]:
-    """→ [wall time row, peak memory row]. ``steps`` None = the default 600."""
+def run(*, steps: int | None = None, evaluate: bool = True, fresh: bool = False, interval: float = 0.5,
+        out: str | Path | None = None) -> list[dict]:
+    """→ [wall time row, peak memory row, one row per metric]. ``steps`` None = the default run's own;
+    ``fresh``: an empty cache folder, so the embedded data and stage 1 are made inside the measured time;
+    ``out``: keep the run folder there (default: a scratch folder, removed)."""
     overrides = [f"train.steps={steps}"] if steps else []
     with tempfile.TemporaryDirectory() as scratch:
-        command = [sys.executable, "pipelines/train.py", "--out", str(Path(scratch) / "run"), *overrides]
+        cache = [f"data.cache_dir={Path(scratch) / 'cache'}"] if fresh else []
+        run_dir = Path(out).resolve() if out else Path(scratch) / "run"
+        command = [sys.executable, "pipelines/train.py", "--out", str(run_dir), *overrides, *cache]
         if not evaluate:
             command.append("--no-eval")
         log = Path(scratch) / "train.log"
         measured = run_and_measure(command, cwd=ROOT, interval=interval, log=log)
-        tail = log.read_text()[-3000:]
+        console = log.read_text()
+        metrics_file = run_dir / "metrics.json"
+        metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
     if measured["returncode"] != 0:
-        raise RuntimeError(f"{' '.join(command)} exited with {measured['returncode']}:\n{tail}")
+        raise RuntimeError(f"{' '.join(command)} exited with {measured['returncode']}:\n{console[-3000:]}")
     shown = " ".join(["python pipelines/train.py", *overrides, *([] if evaluate else ["--no-eval"])])
-    details = {"command": shown, "steps": steps or 600, "evaluate": evaluate, **measured,
-               "note": f"`{shown}`" + ("" if steps is None else f" (quick: {steps} of the default 600 steps)")
-                       + f"; {measured['peak_processes']} processes at the peak"}
-    return [result(WALL[0], measure=WALL[1], ours=measured["wall_s"], baseline=None, ratio=measured["wall_s"],
-                   goal=WALL[2], unit="s", details=details),
+    made = "[pretrain] stage 1 done" in console  # stage 1 trained inside the measured time: the fresh goal applies
+    stage1 = "stage 1 trained in the run" if made else "stage 1 from the cache"
+    details = {"command": shown, "steps": steps, "evaluate": evaluate, "fresh": fresh, **measured,
+               "note": f"`{shown}`" + ("" if steps is None else f" (quick: {steps} steps)")
+                       + f"; {'fresh cache: data and ' if fresh else ''}{stage1}; "
+                       f"{measured['peak_processes']} processes at the peak"}
+    rows = [result(WALL[0] + ("_fresh" if made else ""), measure=WALL[1] + (" (stage 1 trained in it)" if made else ""),
+                   ours=measured["wall_s"], baseline=None, ratio=measured["wall_s"],
+                   goal=(FRESH_GOAL if made else WALL[2]) if steps is None else "reported", unit="s", details=details),
             result(PEAK[0], measure=PEAK[1], ours=measured["peak_mb"], baseline=None, ratio=measured["peak_mb"],
                    goal=PEAK[2], unit="MB", details={**details, "note": "PSS summed over the driver, Ray and its workers, "
                                                                        f"polled every {interval} s"})]
+    for key, (measure, (task, name), goal) in METRICS.items():
+        value = metrics.get(task, {}).get(name)
+        rows.append(result(key, measure=measure, ours=value, baseline=None, ratio=value,
+                           goal=goal if steps is None else "reported", unit="", details={"command": shown}))
+    return rows
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, help="train.steps (default: the run's 600)")
+    parser.add_argument("--steps", type=int, help="train.steps (default: the default run's own)")
     parser.add_argument("--no-eval", action="store_true")
+    parser.add_argument("--fresh", action="store_true", help="empty cache: data and stage 1 inside the wall time")
+    parser.add_argument("--out", help="keep the run folder here (default: a scratch folder)")
     args = parser.parse_args(argv)
-    for row in run(steps=args.steps, evaluate=not args.no_eval):
+    for row in run(steps=args.steps, evaluate=not args.no_eval, fresh=args.fresh, out=args.out):
         print({k: v for k, v in row.items() if k != "details"})
 
 

@@ -104,6 +104,8 @@ def pretrain_loop_per_worker(inputs: PretrainInputs) -> None:
         loss, right, count = wrapped(task, batch)
         model.zero_grad(set_to_none=True)
         loss.backward()
+        if run.pretrain.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(model.encoder(task).parameters(), run.pretrain.max_grad_norm)
         optimizers[task].step()
         state["task_steps"][task] += 1
         state["step"] = step + 1

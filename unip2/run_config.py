@@ -79,8 +79,9 @@ class OptimConfig:
     """``mt_adamw``: task-balanced gradient normalization; ``adamw``: the ablation without it."""
     lr: float = 2e-4
     """Peak learning rate (MT-AdamW steps are ~(1−β1)/s_k / √((1−β2)/s_k) × lr per parameter)."""
-    backbone_lr_scale: float = 1.0
-    """Learning-rate multiplier of the image backbone (lower it for pretrained backbones)."""
+    backbone_lr_scale: float = 0.1
+    """Learning-rate multiplier of the image backbone: low for a pretrained one (the default run's comes from stage
+    1), 1.0 for one trained from scratch."""
     text_lr_scale: float = 1.0
     """Learning-rate multiplier of the text encoder (lower it for a pretrained one)."""
     betas: tuple[float, float] = (0.9, 0.999)
@@ -109,7 +110,7 @@ class OptimConfig:
 class TrainingConfig:
     """The training schedule and the multi-task method."""
 
-    steps: int = 600
+    steps: int = 1500
     """Optimizer steps (each step: one task for all workers in unmixed mode)."""
     seed: int = 0
     """Seed of the model init, task sequence and data order."""
@@ -119,7 +120,7 @@ class TrainingConfig:
     """Retrieval negatives from all workers (all-gather) instead of the local batch only."""
     log_every: int = 25
     """Steps between progress lines and metric reports."""
-    checkpoint_every: int = 200
+    checkpoint_every: int = 500
     """Steps between checkpoints (and always at the end)."""
     max_bad_steps: int = 5
     """Consecutive non-finite losses after which the run stops."""
@@ -181,7 +182,7 @@ class PretrainConfig:
 
     encoders: list[str] = field(default_factory=lambda: list(ENCODERS))
     """Encoders pretrained when they have no ``pretrained_path``: any of image, text; [] = random init."""
-    image_steps: int = 300
+    image_steps: int = 500
     """Optimizer steps of the image encoder's classifier pretraining."""
     text_steps: int = 300
     """Optimizer steps of the text encoder's masked-language-model pretraining."""
@@ -191,7 +192,7 @@ class PretrainConfig:
     """Per-worker batch of the masked-language-model pretraining."""
     image_size: int = 64
     """Image side of the classifier pretraining (low resolution first, as ImageNet pretraining at 224)."""
-    image_lr: float = 3e-3
+    image_lr: float = 2e-3
     """Peak AdamW learning rate of the image encoder (one-cycle: warm-up, then cosine to zero)."""
     text_lr: float = 1e-3
     """Peak AdamW learning rate of the text encoder."""
@@ -201,8 +202,11 @@ class PretrainConfig:
     """Share of each encoder's steps spent warming its learning rate up."""
     label_smoothing: float = 0.1
     """Label smoothing of the classifier's cross-entropy."""
+    max_grad_norm: float = 1.0
+    """Each step's gradient is clipped to this norm (0 = no clipping)."""
 
     def validate(self, prefix: str = "") -> None:
+        require(self.max_grad_norm >= 0, prefix + "max_grad_norm", "must be >= 0")
         require(all(e in ENCODERS for e in self.encoders) and len(set(self.encoders)) == len(self.encoders),
                 prefix + "encoders", f"must be distinct names out of {', '.join(ENCODERS)}")
         for name in ("image_steps", "text_steps", "image_batch_size", "text_batch_size"):

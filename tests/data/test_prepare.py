@@ -117,6 +117,15 @@ def test_imagenet_round_trip(world, converted):
             assert row["image"] == (world / "imagenet" / split / row["file_name"]).read_bytes()
 
 
+def test_imagenet_training_rows_are_written_in_a_fixed_shuffled_order(world, converted, tmp_path):
+    """Not by class folder: the training stream only shuffles within windows of consecutive rows."""
+    labels = [row["label"] for row in read_rows(converted, "imagenet", "train")]
+    assert labels != sorted(labels) and sorted(labels) == sorted(c for c in range(len(CATEGORIES)) for _ in range(2))
+    again = prepare(out=tmp_path / "again", imagenet=world / "imagenet", progress_interval_s=3600)
+    assert again["datasets"]["imagenet"]["splits"]["train"]["rows"] == len(labels)
+    assert [row["label"] for row in read_rows(tmp_path / "again", "imagenet", "train")] == labels
+
+
 def test_generated_flickr30k_split_converts(world, tmp_path):
     flickr = world / "flickr30k"
     manifest = prepare(out=tmp_path / "out", flickr30k=(flickr / "dataset_flickr30k.json", flickr / "flickr30k-images"),

@@ -32,6 +32,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from unip2.data.coco import CocoInstances, load_coco_captions, load_json
 from unip2.data.imagenet import find_imagenet, list_split, load_synset_mapping
 from unip2.data.images import ImageCheck, check_image, read_bytes
@@ -44,6 +46,10 @@ from unip2.data.progress import ProgressLine
 COCO_SPLITS = ("train", "val")
 KARPATHY_TO_SPLIT = {"train": "train", "restval": "train", "val": "val", "test": "test"}
 _CHUNK = 64  # images read and checked concurrently
+# ImageNet's training rows are written in this seed's fixed random order, not by class folder: the training
+# stream shuffles within windows of consecutive rows (for read locality, ``unip2.sampling``), so class-sorted
+# rows would give windows of a few classes each and the classifier would chase them.
+TRAIN_ORDER_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -194,6 +200,8 @@ def _imagenet_jobs(root: Path) -> tuple[list[_SplitJob], list[str]]:
     jobs = []
     for split in layout.split_dirs:
         files, dropped = list_split(layout, split, wnids)
+        if split == "train":  # class folders are sorted; see TRAIN_ORDER_SEED
+            files = [files[i] for i in np.random.default_rng(TRAIN_ORDER_SEED).permutation(len(files))]
         candidates = [_Candidate(path=f.path, fields={"image_id": index, "file_name": f.file_name, "label": f.label,
                                                       "wnid": f.wnid})
                       for index, f in enumerate(files)]
