@@ -53,7 +53,7 @@ def build_optimizer(model: nn.Module, *, name: str, lr: float, betas: tuple[floa
             by_scale.setdefault(scale_of(n), []).append((n, p))
         for lr_scale, picked in by_scale.items():
             groups.append({"params": [p for _, p in picked], "param_names": [n for n, _ in picked],
-                           "weight_decay": group["weight_decay"], "lr_scale": lr_scale})
+                           "weight_decay": group["weight_decay"], "lr_scale": lr_scale, "lr": lr * lr_scale})
     if name == "mt_adamw":
         return MTAdamW(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
     if name == "adamw":

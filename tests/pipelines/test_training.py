@@ -16,7 +16,7 @@ from pipelines.step_stream import StepBatchLoader
 from pipelines.stream_spec import StreamSpec
 from pipelines.trainer import fit
 from unip2.optim import MTAdamW
-from unip2.training_setup import TaskLoss, build_optimizer
+from unip2.training_setup import TaskLoss, optimizer_for
 
 from loop_hooks import FaultHooks
 
@@ -93,8 +93,7 @@ def test_two_worker_step_equals_one_process_averaging_the_workers_gradients(ray_
     torch.manual_seed(run.train.seed)
     model = unip2.build_model(run.model)
     initial = {k: v.clone() for k, v in model.state_dict().items()}
-    optimizer = build_optimizer(model, name="mt_adamw", lr=run.optim.lr, betas=run.optim.betas, eps=run.optim.eps,
-                                weight_decay=run.optim.weight_decay)
+    optimizer = optimizer_for(model, run.optim)  # the workers' optimizer: the same groups and lr scales
     assert isinstance(optimizer, MTAdamW)
     loss_module = TaskLoss(model)
     loaders = [StepBatchLoader(spec, rank) for rank in range(2)]
