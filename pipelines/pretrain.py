@@ -36,6 +36,8 @@ from unip2.model.tokenizer import tokenizer_for
 from unip2.pretraining import ENCODER_OF_TASK
 from unip2.run_config import RunConfig, TaskRunConfig, load_run_config
 
+# Manifest fields that name where the data was converted from: the same data converted elsewhere keeps its key.
+MANIFEST_PATH_FIELDS = ("annotations", "sources")
 TASK_OF_ENCODER = {encoder: task for task, encoder in ENCODER_OF_TASK.items()}
 IMAGE_WEIGHTS = Path("image") / "model.safetensors"
 
@@ -66,7 +68,7 @@ def stage1_run(run: RunConfig, encoders: list[str]) -> RunConfig:
 
 def cache_key(stage: RunConfig, data_root: Path) -> str:
     """Hash of everything stage 1's result depends on: the encoders' architectures, the tokenizer, stage 1's
-    settings and the data (its manifest)."""
+    settings and the data (its manifest: splits, rows, shard files, class names; not the source paths)."""
     text = config_io.to_dict(stage.model.text) | {"pretrained_path": None, "tokenizer_path": None}
     parts = {
         "backbone": config_io.to_dict(stage.model.backbone) | {"pretrained_path": None},
@@ -75,7 +77,8 @@ def cache_key(stage: RunConfig, data_root: Path) -> str:
         "pretrain": config_io.to_dict(stage.pretrain), "tasks": {name: config_io.to_dict(task) for name, task in stage.tasks.items()},
         "steps": stage.train.steps, "seed": stage.train.seed, "workers": stage.scale.num_workers,
         "classes": stage.model.class_names.get("imagenet"),
-        "data": (data_root / MANIFEST_FILE).read_text(),
+        "data": {k: v for k, v in json.loads((data_root / MANIFEST_FILE).read_text()).items()
+                 if k not in MANIFEST_PATH_FIELDS},
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

@@ -85,3 +85,23 @@ def test_the_console_shows_each_progress_line_once_and_the_run_folder_keeps_the_
     model = unip2.build_model(run.model, tokenizer_for(run.model.text))
     assert torch.equal(model.backbone.body.state_dict()["conv1.0.weight"],
                        load_file(exported / "image" / "model.safetensors")["conv1.0.weight"])
+
+
+def test_stage1_cache_key_follows_the_data_not_where_it_was_converted_from(embedded_data, tmp_path):
+    import json
+    import shutil
+
+    from pipelines.pretrain import cache_key, stage1_run
+
+    run = load_run_config(None, [f"data.root={embedded_data}"])
+    run.model.class_names = {"imagenet": ["a", "b"], "coco": ["a", "b"]}
+    stage = stage1_run(run, ["image", "text"])
+    moved = tmp_path / "moved"
+    shutil.copytree(embedded_data, moved)
+    manifest = json.loads((moved / "manifest.json").read_text())
+    manifest["sources"] = {name: f"/elsewhere/{name}" for name in manifest["sources"]}
+    (moved / "manifest.json").write_text(json.dumps(manifest))
+    assert cache_key(stage, moved) == cache_key(stage, embedded_data)
+    manifest["datasets"]["imagenet"]["splits"]["train"]["rows"] += 1
+    (moved / "manifest.json").write_text(json.dumps(manifest))
+    assert cache_key(stage, moved) != cache_key(stage, embedded_data)
