@@ -56,6 +56,9 @@ class ProposalConfig:
     """Proposals selected from the encoder output (query selection) and refined by the decoder."""
     dropout: float = 0.0
     """Dropout in encoder and decoder layers."""
+    mask_enhanced_anchors: bool = False
+    """MaskDINO's mask-enhanced anchor initialization: the decoder's first reference boxes are the tight boxes of
+    the selected tokens' predicted masks (the box head's where a mask is empty)."""
     cost_objectness: float = 2.0
     """Hungarian matching cost weight of the objectness (focal) term."""
     cost_box_l1: float = 5.0

@@ -8,7 +8,7 @@ import torch
 
 from unip2.model.box_ops import box_cxcywh_to_xyxy
 from unip2.model.proposal_criterion import ProposalCriterion
-from unip2.model.proposals import RegionProposalNetwork
+from unip2.model.proposals import RegionProposalNetwork, mask_enhanced
 from unip2.presets import preset
 
 CHANNELS = [128, 256, 512]
@@ -156,3 +156,25 @@ def test_tiny_rpn_overfits_two_images():
     assert last["loss_giou"] < 0.35 * first["loss_giou"]
     assert last["loss_dice"] < 0.2 * first["loss_dice"]
     assert last["loss_objectness"] < 0.2 * first["loss_objectness"]
+
+
+def test_mask_enhanced_anchors_are_the_masks_tight_boxes_else_the_box_heads():
+    boxes = torch.tensor([[[0.5, 0.5, 0.2, 0.2], [0.3, 0.3, 0.1, 0.1]]])
+    logits = torch.full((1, 2, 8, 8), -5.0)
+    logits[0, 0, 2:4, 4:8] = 5.0  # rows 2-3, columns 4-7 of an 8×8 mask
+    anchors = mask_enhanced(boxes, logits)
+    assert torch.allclose(anchors[0, 0], torch.tensor([0.75, 0.375, 0.5, 0.25]))
+    assert torch.equal(anchors[0, 1], boxes[0, 1])  # an empty mask keeps the box head's box
+
+
+def test_mask_enhanced_anchors_start_the_decoder_from_the_selected_masks():
+    cfg = dataclasses.replace(tiny_config(), mask_enhanced_anchors=True)
+    torch.manual_seed(0)
+    rpn = RegionProposalNetwork.from_config(cfg, CHANNELS)
+    plain = dataclasses.replace(cfg, mask_enhanced_anchors=False)
+    torch.manual_seed(0)
+    reference = RegionProposalNetwork.from_config(plain, CHANNELS)
+    inputs = features(2)
+    enhanced, baseline = rpn(inputs), reference(inputs)
+    assert torch.equal(enhanced["enc_outputs"]["boxes"], baseline["enc_outputs"]["boxes"])  # same selection
+    assert not torch.allclose(enhanced["boxes"], baseline["boxes"])  # other first references

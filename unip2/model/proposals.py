@@ -10,7 +10,8 @@
         mask embedding MLP dotted with the mask features.
 
 Boxes are normalized (cx, cy, w, h) in the frame of the input tensor the backbone saw (padding
-included). Decision: MaskDINO's mask-enhanced box initialization and denoising queries are left out.
+included). MaskDINO's mask-enhanced box initialization is ``mask_enhanced_anchors``; its denoising queries are
+left out.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 from torch import nn
 
 from unip2.config import ProposalConfig
+from unip2.model.box_ops import box_xyxy_to_cxcywh, masks_to_boxes
 from unip2.model.deformable_attention import MultiScaleDeformableAttention
 from unip2.model.pixel_encoder import FeedForward, PixelEncoder, grid_centres, sine_position_encoding
 
@@ -56,6 +58,17 @@ def level_anchors(spatial_shapes: list[tuple[int, int]], device: torch.device) -
         size = centres.new_full(centres.shape, 0.05 * 2.0 ** level)
         anchors.append(torch.cat([centres, size], dim=-1))
     return torch.cat(anchors, dim=0)
+
+
+def mask_enhanced(boxes: torch.Tensor, mask_logits: torch.Tensor) -> torch.Tensor:
+    """MaskDINO's anchors: the tight normalized cxcywh box of each mask (logit > 0), ``boxes`` where it is empty.
+    boxes: B×Q×4, mask_logits: B×Q×H×W (the masks span the same frame as the boxes)."""
+    batch, queries, height, width = mask_logits.shape
+    xyxy = masks_to_boxes(mask_logits.reshape(batch * queries, height, width) > 0).view(batch, queries, 4)
+    xyxy = xyxy / xyxy.new_tensor([width, height, width, height])
+    empty = (xyxy[..., 2:] <= xyxy[..., :2]).any(-1, keepdim=True)
+    from_masks = box_xyxy_to_cxcywh(xyxy).clamp(*_ANCHOR_RANGE)
+    return torch.where(empty, boxes, from_masks.to(boxes.dtype))
 
 
 class QueryDecoderLayer(nn.Module):
@@ -102,9 +115,10 @@ class RegionProposalNetwork(nn.Module):
     """
 
     def __init__(self, *, in_channels: list[int], dim: int, num_heads: int, num_points: int,
-                 encoder_layers: int, decoder_layers: int, ffn_dim: int, num_queries: int, dropout: float):
+                 encoder_layers: int, decoder_layers: int, ffn_dim: int, num_queries: int, dropout: float,
+                 mask_enhanced_anchors: bool = False):
         super().__init__()
-        self.dim, self.num_queries = dim, num_queries
+        self.dim, self.num_queries, self.mask_enhanced_anchors = dim, num_queries, mask_enhanced_anchors
         num_levels = len(in_channels)
         self.pixel_encoder = PixelEncoder(in_channels=in_channels, dim=dim, num_heads=num_heads,
                                           num_points=num_points, num_layers=encoder_layers,
@@ -128,7 +142,7 @@ class RegionProposalNetwork(nn.Module):
         return cls(in_channels=list(in_channels), dim=cfg.dim, num_heads=cfg.num_heads,
                    num_points=cfg.num_points, encoder_layers=cfg.encoder_layers,
                    decoder_layers=cfg.decoder_layers, ffn_dim=cfg.ffn_dim, num_queries=cfg.num_queries,
-                   dropout=cfg.dropout)
+                   dropout=cfg.dropout, mask_enhanced_anchors=cfg.mask_enhanced_anchors)
 
     def reset_parameters(self) -> None:
         # Focal-loss prior: every token starts as background with probability 0.99.
@@ -170,6 +184,8 @@ class RegionProposalNetwork(nn.Module):
         # ---- query decoder with iterative box refinement
         queries = selected.detach()
         reference = enc_outputs["boxes"].detach()  # B×Q×4 in [0, 1]
+        if self.mask_enhanced_anchors:
+            reference = mask_enhanced(reference, enc_outputs["masks"].detach())
         layer_outputs = []
         for layer in self.layers:
             query_pos = self.box_position(sine_position_encoding(reference, self.dim // 2).to(queries.dtype))
