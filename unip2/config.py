@@ -59,6 +59,11 @@ class ProposalConfig:
     mask_enhanced_anchors: bool = False
     """MaskDINO's mask-enhanced anchor initialization: the decoder's first reference boxes are the tight boxes of
     the selected tokens' predicted masks (the box head's where a mask is empty)."""
+    denoising_queries: int = 0
+    """Training only: about this many denoising queries per image (DN-DETR / MaskDINO), in groups of noised
+    ground-truth boxes that the decoder learns to reconstruct (unip2/model/denoising.py); 0 = none."""
+    denoising_box_noise: float = 0.4
+    """How far a denoising query's box sides are moved: up to this × half the box's width / height."""
     cost_objectness: float = 2.0
     """Hungarian matching cost weight of the objectness (focal) term."""
     cost_box_l1: float = 5.0
@@ -93,6 +98,8 @@ class ProposalConfig:
         require(self.dim % self.num_heads == 0, prefix + "dim", "must be divisible by num_heads")
         require(0.0 <= self.dropout < 1.0, prefix + "dropout", "must be in [0, 1)")
         require(self.mask_loss_points >= 0, prefix + "mask_loss_points", "must be >= 0")
+        require(self.denoising_queries >= 0, prefix + "denoising_queries", "must be >= 0")
+        require(0.0 < self.denoising_box_noise <= 1.0, prefix + "denoising_box_noise", "must be in (0, 1]")
 
 
 @dataclass

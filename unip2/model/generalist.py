@@ -91,8 +91,10 @@ class UniPerceiverV2(nn.Module):
         return model
 
     # ----------------------------------------------------------------------------------- encoders
-    def encode_image(self, images: torch.Tensor, *, need_global: bool = True) -> ImageEncoding:
-        """images: B×3×S×S uint8 or float in [0, 1], S divisible by 32."""
+    def encode_image(self, images: torch.Tensor, *, need_global: bool = True,
+                     targets: list[dict] | None = None) -> ImageEncoding:
+        """images: B×3×S×S uint8 or float in [0, 1], S divisible by 32; targets (detection training): per image
+        {"boxes": N×4 normalized cxcywh}, which the proposal network's denoising queries start from."""
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be B×3×H×W, got {tuple(images.shape)}")
         if images.shape[-1] % 32 or images.shape[-2] % 32:
@@ -101,7 +103,7 @@ class UniPerceiverV2(nn.Module):
             images = images.float() / 255.0
         images = (images - self.pixel_mean) / self.pixel_std
         features = self.backbone(images)
-        proposals = self.proposals(features)
+        proposals = self.proposals(features, targets)
         regional = self.regional_tokens(proposals["query_features"], proposals["boxes"], proposals["masks"])
         regional = regional + self.token_type.weight[0]
         count = min(self.config.tokens.num_regional, regional.shape[1])

@@ -9,6 +9,10 @@ proposals ``_enc``), after its own Hungarian matching:
     loss_mask        mean BCE of matched masks
     loss_dice        dice loss of matched masks
 
+With denoising queries (``outputs["denoising"]``, training only) every decoder layer's denoising queries add the
+same terms, suffixed ``_dn`` (final layer) and ``_dn_aux{i}``, each query matched to the box it was noised from
+instead of by the Hungarian matcher; they are divided by the number of target boxes times the number of groups.
+
 Every term is a sum over the batch divided by the number of target boxes in the batch (at least 1),
 so images without objects only push their queries to background. Mask terms are skipped (absent from
 the dict) when a target lacks ``masks`` or the outputs have none. With ``mask_points`` > 0 masks are
@@ -78,8 +82,8 @@ class ProposalCriterion(nn.Module):
 
     def __init__(self, *, matcher: HungarianMatcher, weight_objectness: float, weight_box_l1: float,
                  weight_giou: float, weight_mask: float, weight_dice: float, focal_alpha: float,
-                 focal_gamma: float, mask_points: int, num_aux_layers: int, oversample_ratio: float = 3.0,
-                 importance_ratio: float = 0.75):
+                 focal_gamma: float, mask_points: int, num_aux_layers: int, denoising: bool = False,
+                 oversample_ratio: float = 3.0, importance_ratio: float = 0.75):
         super().__init__()
         self.matcher = matcher
         self.term_weights = dict(zip(TERMS, (weight_objectness, weight_box_l1, weight_giou, weight_mask,
@@ -87,6 +91,7 @@ class ProposalCriterion(nn.Module):
         self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
         self.mask_points = mask_points
         self.num_aux_layers = num_aux_layers
+        self.denoising = denoising
         self.oversample_ratio, self.importance_ratio = oversample_ratio, importance_ratio
 
     @classmethod
@@ -94,11 +99,14 @@ class ProposalCriterion(nn.Module):
         return cls(matcher=HungarianMatcher.from_config(cfg), weight_objectness=cfg.weight_objectness,
                    weight_box_l1=cfg.weight_box_l1, weight_giou=cfg.weight_giou, weight_mask=cfg.weight_mask,
                    weight_dice=cfg.weight_dice, focal_alpha=cfg.focal_alpha, focal_gamma=cfg.focal_gamma,
-                   mask_points=cfg.mask_loss_points, num_aux_layers=cfg.decoder_layers - 1)
+                   mask_points=cfg.mask_loss_points, num_aux_layers=cfg.decoder_layers - 1,
+                   denoising=cfg.denoising_queries > 0)
 
     def weights(self) -> dict[str, float]:
         """Weight of every term name forward may return (final, ``_aux{i}`` and ``_enc`` variants)."""
         suffixes = [""] + [f"_aux{i}" for i in range(self.num_aux_layers)] + ["_enc"]
+        if self.denoising:
+            suffixes += ["_dn"] + [f"_dn_aux{i}" for i in range(self.num_aux_layers)]
         return {term + suffix: weight for suffix in suffixes for term, weight in self.term_weights.items()}
 
     def forward(self, outputs: dict, targets: list[dict]) -> tuple[dict[str, torch.Tensor],
@@ -111,7 +119,18 @@ class ProposalCriterion(nn.Module):
         if "enc_outputs" in outputs:
             enc = outputs["enc_outputs"]
             losses.update(self._losses(enc, targets, self.matcher(enc, targets), num_boxes, "_enc"))
+        if "denoising" in outputs:
+            losses.update(self._denoising_losses(outputs["denoising"], targets, num_boxes))
         return losses, indices
+
+    def _denoising_losses(self, denoising: dict, targets: list[dict], num_boxes: float) -> dict[str, torch.Tensor]:
+        """Each layer's denoising queries against the boxes they were noised from (module docstring)."""
+        layers, matches = denoising["layers"], denoising["matches"]
+        suffixes = [f"_dn_aux{i}" for i in range(len(layers) - 1)] + ["_dn"]
+        losses = {}
+        for layer, suffix in zip(layers, suffixes):
+            losses.update(self._losses(layer, targets, matches, num_boxes * denoising["groups"], suffix))
+        return losses
 
     def _losses(self, outputs: dict, targets: list[dict], indices: list[tuple[torch.Tensor, torch.Tensor]],
                 num_boxes: float, suffix: str) -> dict[str, torch.Tensor]:

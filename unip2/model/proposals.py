@@ -10,8 +10,8 @@
         mask embedding MLP dotted with the mask features.
 
 Boxes are normalized (cx, cy, w, h) in the frame of the input tensor the backbone saw (padding
-included). MaskDINO's mask-enhanced box initialization is ``mask_enhanced_anchors``; its denoising queries are
-left out.
+included). MaskDINO's mask-enhanced box initialization is ``mask_enhanced_anchors``; its denoising queries
+(training only, given the targets) are ``denoising_queries`` (unip2/model/denoising.py).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from torch import nn
 
 from unip2.config import ProposalConfig
 from unip2.model.box_ops import box_xyxy_to_cxcywh, masks_to_boxes
+from unip2.model.denoising import DenoisingQueries, denoising_queries
 from unip2.model.deformable_attention import MultiScaleDeformableAttention
 from unip2.model.pixel_encoder import FeedForward, PixelEncoder, grid_centres, sine_position_encoding
 
@@ -91,10 +92,13 @@ class QueryDecoderLayer(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, queries: torch.Tensor, query_pos: torch.Tensor, reference_boxes: torch.Tensor,
-                memory: torch.Tensor, spatial_shapes: torch.Tensor,
-                level_start_index: torch.Tensor) -> torch.Tensor:
+                memory: torch.Tensor, spatial_shapes: torch.Tensor, level_start_index: torch.Tensor,
+                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """attention_mask: B×Q×Q bool, True = query may NOT attend to key (denoising groups), or None."""
         q = k = queries + query_pos
-        attended, _ = self.self_attention(q, k, queries, need_weights=False)
+        if attention_mask is not None:  # one mask per batch element and head, as MultiheadAttention wants
+            attention_mask = attention_mask.repeat_interleave(self.self_attention.num_heads, dim=0)
+        attended, _ = self.self_attention(q, k, queries, attn_mask=attention_mask, need_weights=False)
         queries = self.norm1(queries + self.dropout(attended))
         attended = self.cross_attention(queries + query_pos, reference_boxes, memory, spatial_shapes,
                                         level_start_index)
@@ -112,13 +116,19 @@ class RegionProposalNetwork(nn.Module):
         masks: B×Q×Hm×Wm logits, (Hm, Wm) = 2·(H_0, W_0)
         aux_outputs: list (decoder_layers − 1) of {objectness, boxes, masks} of the earlier layers
         enc_outputs: {objectness B×Q, boxes B×Q×4, masks B×Q×Hm×Wm} of the selected encoder tokens
+        denoising (training with ``denoising_queries`` > 0 and targets given, and the batch has boxes):
+            {"layers": per decoder layer {objectness, boxes, masks} of the denoising queries,
+             "matches": per image (query index, target index), "groups": G}
     """
 
     def __init__(self, *, in_channels: list[int], dim: int, num_heads: int, num_points: int,
                  encoder_layers: int, decoder_layers: int, ffn_dim: int, num_queries: int, dropout: float,
-                 mask_enhanced_anchors: bool = False):
+                 mask_enhanced_anchors: bool = False, denoising_queries: int = 0, denoising_box_noise: float = 0.4):
         super().__init__()
         self.dim, self.num_queries, self.mask_enhanced_anchors = dim, num_queries, mask_enhanced_anchors
+        self.denoising_budget, self.denoising_box_noise = denoising_queries, denoising_box_noise
+        # Proposals have no classes: a denoising query's content is this one learned vector.
+        self.denoising_content = nn.Parameter(torch.zeros(1, 1, dim)) if denoising_queries > 0 else None
         num_levels = len(in_channels)
         self.pixel_encoder = PixelEncoder(in_channels=in_channels, dim=dim, num_heads=num_heads,
                                           num_points=num_points, num_layers=encoder_layers,
@@ -142,7 +152,8 @@ class RegionProposalNetwork(nn.Module):
         return cls(in_channels=list(in_channels), dim=cfg.dim, num_heads=cfg.num_heads,
                    num_points=cfg.num_points, encoder_layers=cfg.encoder_layers,
                    decoder_layers=cfg.decoder_layers, ffn_dim=cfg.ffn_dim, num_queries=cfg.num_queries,
-                   dropout=cfg.dropout, mask_enhanced_anchors=cfg.mask_enhanced_anchors)
+                   dropout=cfg.dropout, mask_enhanced_anchors=cfg.mask_enhanced_anchors,
+                   denoising_queries=cfg.denoising_queries, denoising_box_noise=cfg.denoising_box_noise)
 
     def reset_parameters(self) -> None:
         # Focal-loss prior: every token starts as background with probability 0.99.
@@ -159,7 +170,8 @@ class RegionProposalNetwork(nn.Module):
                 "boxes": (reference_unsig + self.box_head(hidden)).sigmoid(),
                 "masks": masks}
 
-    def forward(self, features: list[torch.Tensor]) -> dict:
+    def forward(self, features: list[torch.Tensor], targets: list[dict] | None = None) -> dict:
+        """targets (training only): per image {"boxes": N×4 normalized cxcywh}, for the denoising queries."""
         encoded = self.pixel_encoder(features)
         memory, mask_features = encoded["memory"], encoded["mask_features"]
         spatial_shapes, level_start_index = encoded["spatial_shapes"], encoded["level_start_index"]
@@ -186,11 +198,19 @@ class RegionProposalNetwork(nn.Module):
         reference = enc_outputs["boxes"].detach()  # B×Q×4 in [0, 1]
         if self.mask_enhanced_anchors:
             reference = mask_enhanced(reference, enc_outputs["masks"].detach())
+        denoising = self._denoising(targets, memory.device)
+        attention_mask = None
+        if denoising is not None:  # [denoising groups | matching queries], see unip2/model/denoising.py
+            content = self.denoising_content.expand(queries.shape[0], denoising.count, -1).to(queries.dtype)
+            queries = torch.cat([content, queries], dim=1)
+            reference = torch.cat([denoising.reference.to(reference.dtype), reference], dim=1)
+            attention_mask = denoising.attention_mask
         layer_outputs = []
         for layer in self.layers:
             query_pos = self.box_position(sine_position_encoding(reference, self.dim // 2).to(queries.dtype))
             level_reference = reference.unsqueeze(2).expand(-1, -1, len(shapes), -1)  # B×Q×L×4
-            queries = layer(queries, query_pos, level_reference, memory, spatial_shapes, level_start_index)
+            queries = layer(queries, query_pos, level_reference, memory, spatial_shapes, level_start_index,
+                            attention_mask)
             hidden = self.decoder_norm(queries)
             outputs = self._heads(hidden, inverse_sigmoid(reference), mask_features)
             outputs["query_features"] = hidden
@@ -198,8 +218,22 @@ class RegionProposalNetwork(nn.Module):
             # The next layer refines from this box, but gradients stay within each layer.
             reference = outputs["boxes"].detach()
 
-        final = layer_outputs[-1]
-        aux_outputs = [{key: out[key] for key in ("objectness", "boxes", "masks")} for out in layer_outputs[:-1]]
-        return {"query_features": final["query_features"], "boxes": final["boxes"],
-                "objectness": final["objectness"], "masks": final["masks"],
-                "aux_outputs": aux_outputs, "enc_outputs": enc_outputs}
+        skip = 0 if denoising is None else denoising.count
+        matching = [{key: out[key][:, skip:] for key in out} for out in layer_outputs]
+        final = matching[-1]
+        aux_outputs = [{key: out[key] for key in ("objectness", "boxes", "masks")} for out in matching[:-1]]
+        result = {"query_features": final["query_features"], "boxes": final["boxes"],
+                  "objectness": final["objectness"], "masks": final["masks"],
+                  "aux_outputs": aux_outputs, "enc_outputs": enc_outputs}
+        if denoising is not None:
+            result["denoising"] = {
+                "layers": [{key: out[key][:, :skip] for key in ("objectness", "boxes", "masks")}
+                           for out in layer_outputs],
+                "matches": denoising.matches(), "groups": denoising.groups}
+        return result
+
+    def _denoising(self, targets: list[dict] | None, device: torch.device) -> DenoisingQueries | None:
+        if not (self.training and self.denoising_budget > 0 and targets is not None):
+            return None
+        return denoising_queries(targets, budget=self.denoising_budget, noise=self.denoising_box_noise,
+                                 num_matching=self.num_queries, device=device)

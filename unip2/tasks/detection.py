@@ -153,8 +153,8 @@ class Detection(Task):
         return targets
 
     def loss(self, model, batch, *, gather=local_gather):
-        encoding = model.encode_image(batch["images"])
         targets = self.targets(batch)
+        encoding = model.encode_image(batch["images"], targets=targets)
         terms, indices = self.criterion(model)(encoding.proposals, targets)
         features = self.proposal_features(model, encoding)
         logits = model.score(features, self.candidates(model, self.class_names(model)), self.candidate_family)  # B×Q×K
