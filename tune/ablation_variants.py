@@ -3,7 +3,11 @@
 Every variant is the base run (``tune/configs/ablations.yaml`` by default) with a few ``key=value``
 overrides and, for the task-collaboration table, a subset of its tasks. The "full" variant (global +
 regional tokens, every task, conditional MoE, unmixed sampling, gathered retrieval negatives, MT-AdamW,
-random init) is the last row of every table and is trained once per seed.
+both encoders from stage 1) is in every table and is trained once per seed.
+
+The encoders' starting points come before the variant's overrides: ``tune/ablations.py`` runs stage 1
+(``pipelines/pretrain.py``) once and appends its ``pretrained_path`` overrides to the base run's, so every
+variant starts from the stage-1 encoders unless its own overrides (later, so they win) say otherwise.
 
 Task names come from the base run config (checked against ``unip2.tasks.TASKS`` when it is loaded).
 """
@@ -21,6 +25,11 @@ FULL = "full"
 """Name of the variant that is the base run unchanged."""
 NO_MOE = ("model.decoder.use_moe=false",)
 PLAIN_OPTIMIZATION = ("optim.name=adamw",)
+RANDOM_IMAGE_ENCODER = ("model.backbone.pretrained_path=null", "optim.backbone_lr_scale=1.0")
+RANDOM_TEXT_ENCODER = ("model.text.pretrained_path=null", "optim.text_lr_scale=1.0")
+"""An encoder from random weights, at the full learning rate (the lower scale is for pretrained ones)."""
+NO_STAGE1 = ("pretrain.encoders=[]",)
+"""With an encoder set back to random: the trial must not run stage 1 for it (``prepare_run`` would)."""
 
 
 @dataclass(frozen=True)
@@ -95,12 +104,14 @@ def build_plan(tasks: list[str], *, backbone_files: dict[str, str] | None = None
         ("unmixed", add(Variant("unmixed", ("train.gather_retrieval=false", *PLAIN_OPTIMIZATION)))),
         ("unmixed + gather", add(Variant("unmixed-gather", PLAIN_OPTIMIZATION))),
         ("unmixed + gather + MT-AdamW", full)])
-    initialization = AblationTable("initialization", "Image-encoder initialization (paper Table 5)", [
-        ("random", full)])
-    if "classification" in tasks:
-        source = "single-classification" if len(tasks) > 1 else full
-        initialization.rows.append(("backbone of our classification-only run",
-                                    add(Variant("init-classification", backbone_from=source))))
+    initialization = AblationTable("initialization", "Encoder initialization (paper Table 5)", [
+        ("random", add(Variant("init-random", (*RANDOM_IMAGE_ENCODER, *RANDOM_TEXT_ENCODER, *NO_STAGE1)))),
+        ("supervised classification (stage 1)", full)])
+    if "detection" in tasks:  # the stage-1 image encoder trained on detection alone, then the generalist on it
+        source = "single-detection" if len(tasks) > 1 else full
+        initialization.rows.append(("+ detection", add(Variant("init-detection", backbone_from=source))))
+    initialization.rows.append(("text encoder without MLM pretraining",
+                                add(Variant("init-text-random", (*RANDOM_TEXT_ENCODER, *NO_STAGE1)))))
     for label, path in (backbone_files or {}).items():
         initialization.rows.append((f"backbone file: {label}",
                                     add(Variant(f"init-file-{_slug(label)}", backbone_file=str(path)))))

@@ -13,7 +13,9 @@
 Every variant (``tune/ablation_variants.py``) is the base run config (``tune/configs/ablations.yaml``) with a
 few fields changed; each variant × seed is one Ray Tune trial (a grid, as many at once as the cluster holds)
 that trains with the project's TorchTrainer and evaluates on the validation split (``tune/trial.py``).
-Variants initialized from another variant's backbone (our classification-only run) run in a second grid.
+Stage 1 (``pipelines/pretrain.py``) runs once first, on the driver: every variant starts from its encoders unless
+it sets one back to random. Variants initialized from another variant's backbone (the ``+ detection`` row: the
+single-task detection run's) run in a second grid.
 Then, in this process and at learning rate 0, the per-task gradients of the decoder FFN weights of the
 all-task models with and without MoE give the normalized gradient-effect matrix (``tune/ablation_interference.py``).
 
@@ -312,7 +314,7 @@ def write_outputs(out: Path, plan: AblationPlan, rows: list[dict], base: RunConf
         files[f"plot_{table.key}"] = report.plot_table(table, rows, cols, out / f"table_{table.key}.png")
         sections += [markdown, f"![{table.key}](table_{table.key}.png)", ""]
         if checks:
-            sections += ["Direction checks against the paper:", "", checks]
+            sections += [report.checks_heading(claims, table.key), "", checks]
     if interference is not None and any(interference.values()):
         (out / "interference.json").write_text(json.dumps(interference, indent=2))
         markdown = report.interference_markdown(interference)

@@ -64,10 +64,13 @@ def test_plan_covers_the_four_tables():
     names = [v for _, v in tables["collaboration"].rows]
     assert names == [f"single-{t}" for t in ABLATION_TASKS] + ["all-no_moe"] + \
         [f"without-{t}" for t in ABLATION_TASKS] + [FULL]
-    assert [v for _, v in tables["initialization"].rows] == [FULL, "init-classification", "init-file-in1k"]
-    assert len(plan.variants) == 17
+    assert tables["initialization"].rows == [
+        ("random", "init-random"), ("supervised classification (stage 1)", FULL), ("+ detection", "init-detection"),
+        ("text encoder without MLM pretraining", "init-text-random"), ("backbone file: in1k", "init-file-in1k")]
+    assert len(plan.variants) == 19
+    assert plan.variants["init-detection"].backbone_from == "single-detection"
     order = list(plan.variants)
-    assert order.index("init-classification") > order.index("single-classification")
+    assert order.index("init-detection") > order.index("single-detection")  # trained after its source
     assert set(TASKS) >= set(ABLATION_TASKS)
 
 
@@ -87,16 +90,57 @@ def test_variant_overrides_load_as_run_configs():
     assert global_only.model.tokens.use_regional is False
     mixed = load_run_config(None, variant_overrides(plan.variants["mixed"], base, seed=0))
     assert (mixed.train.sampling, mixed.train.gather_retrieval, mixed.optim.name) == ("mixed", False, "adamw")
-    init = load_run_config(None, variant_overrides(plan.variants["init-classification"], base, seed=0,
+    init = load_run_config(None, variant_overrides(plan.variants["init-detection"], base, seed=0,
                                                    backbone_path="/b.safetensors"))
     assert init.model.backbone.pretrained_path == "/b.safetensors"
     with pytest.raises(ValueError, match="needs the backbone"):
-        variant_overrides(plan.variants["init-classification"], base, seed=0)
+        variant_overrides(plan.variants["init-detection"], base, seed=0)
+
+
+def test_initialization_variants_resolve_their_encoders(tmp_path):
+    """As a trial resolves them: the base, then stage 1's overrides (as ``run_ablations`` appends them to the
+    sweep's), then the variant's; and no trial would run stage 1 itself."""
+    from pipelines.pretrain import encoders_to_pretrain
+    from tune.ablations import DEFAULT_CONFIG
+
+    image, text = tmp_path / "stage1" / "image" / "model.safetensors", tmp_path / "stage1" / "text"
+    stage1 = [f"model.backbone.pretrained_path={image}", f"model.text.pretrained_path={text}"]
+    base = load_run_config(DEFAULT_CONFIG, stage1)
+    plan = build_plan(list(base.tasks))
+
+    def resolved(name: str):
+        overrides = variant_overrides(plan.variants[name], base, seed=0, backbone_path="/det/backbone.safetensors")
+        return load_run_config(DEFAULT_CONFIG, [*stage1, *overrides])
+
+    full = resolved(FULL)
+    assert (full.model.backbone.pretrained_path, full.model.text.pretrained_path) == (str(image), str(text))
+    assert full.optim.backbone_lr_scale < 1.0  # a pretrained backbone trains slower
+    random = resolved("init-random")
+    assert random.model.backbone.pretrained_path is None and random.model.text.pretrained_path is None
+    assert (random.optim.backbone_lr_scale, random.optim.text_lr_scale) == (1.0, 1.0)
+    no_mlm = resolved("init-text-random")
+    assert no_mlm.model.backbone.pretrained_path == str(image) and no_mlm.model.text.pretrained_path is None
+    assert no_mlm.optim.text_lr_scale == 1.0 and no_mlm.optim.backbone_lr_scale == full.optim.backbone_lr_scale
+    detection = resolved("init-detection")
+    assert detection.model.backbone.pretrained_path == "/det/backbone.safetensors"
+    assert detection.model.text.pretrained_path == str(text)
+    for name in plan.variants:
+        assert encoders_to_pretrain(resolved(name)) == [], name
+    # Without pretrain.encoders=[] a trial would run stage 1 again for the encoder set back to random:
+    assert encoders_to_pretrain(load_run_config(DEFAULT_CONFIG, [*stage1, "model.text.pretrained_path=null"])) == ["text"]
+
+
+def test_detection_row_only_with_detection():
+    assert "init-detection" not in build_plan(["classification", "retrieval"]).variants
+    alone = build_plan(["detection"])
+    assert alone.variants["init-detection"].backbone_from == FULL  # the detection-only base run is the source
+    initialization = next(t for t in alone.tables if t.key == "initialization")
+    assert [v for _, v in initialization.rows] == ["init-random", FULL, "init-detection", "init-text-random"]
 
 
 def test_restricted_plan_keeps_dependencies():
-    plan = build_plan(ABLATION_TASKS, only=["init-classification"])
-    assert list(plan.variants) == ["single-classification", "init-classification"]
+    plan = build_plan(ABLATION_TASKS, only=["init-detection"])
+    assert list(plan.variants) == ["single-detection", "init-detection"]
     with pytest.raises(ValueError, match="unknown variant"):
         build_plan(ABLATION_TASKS, only=["nope"])
 
@@ -155,6 +199,25 @@ def test_tables_and_direction_checks(tmp_path):
     header = path.read_text().splitlines()[0].split(",")
     assert header[:2] == ["setting", "variant"] and "classification/top1/mean" in header
     assert report.plot_table(table, rows, cols, tmp_path / "t.png").stat().st_size > 0
+
+
+def test_initialization_checks_mark_our_own():
+    rows = [{"variant": variant, "seed": 0, "status": "completed", "detection/bbox_AP": det,
+             "retrieval/i2t_R@1": r1, "retrieval/t2i_R@1": r1, "captioning/BLEU-4": b4, "captioning/CIDEr": b4}
+            for variant, det, r1, b4 in [("init-random", 0.01, 0.02, 0.10), (FULL, 0.02, 0.05, 0.20),
+                                         ("init-detection", 0.04, 0.04, 0.25), ("init-text-random", 0.02, 0.03, 0.22)]]
+    cols = report.columns(["detection", "retrieval", "captioning"])
+    claims = report.paper_claims({FULL, "init-random", "init-detection", "init-text-random"},
+                                 ["detection", "retrieval", "captioning"])
+    assert [(c.better, c.worse, c.ours) for c in claims if c.table == "initialization"] == [
+        (FULL, "init-random", False), ("init-detection", FULL, False), (FULL, "init-text-random", True)]
+    lines = report.claims_markdown(claims, rows, cols, "initialization").splitlines()
+    assert lines[0].startswith("- Paper: pre-trained encoders help every task") and "on 5/5 columns" in lines[0]
+    assert lines[1].startswith("- Paper: detection pre-training") and "on 3/3 columns" in lines[1]  # det, B@4, CIDEr
+    assert lines[2].startswith("- Our own check, not the paper's: the MLM-pretrained text encoder")
+    assert "Measured: agrees in direction on 2/4 columns" in lines[2]  # retrieval ahead, captioning behind
+    assert report.checks_heading(claims, "initialization").endswith("(and our own, where marked):")
+    assert report.checks_heading(claims, "collaboration") == "Direction checks against the paper:"
 
 
 def _finished_trial(context, variant: str, seed: int, overrides: list[str], settings) -> Path:
