@@ -127,7 +127,8 @@ def test_initialization_variants_resolve_their_encoders(tmp_path):
     for name in plan.variants:
         assert encoders_to_pretrain(resolved(name)) == [], name
     # Without pretrain.encoders=[] a trial would run stage 1 again for the encoder set back to random:
-    assert encoders_to_pretrain(load_run_config(DEFAULT_CONFIG, [*stage1, "model.text.pretrained_path=null"])) == ["text"]
+    text_reset_only = load_run_config(DEFAULT_CONFIG, [*stage1, "model.text.pretrained_path=null"])
+    assert encoders_to_pretrain(text_reset_only) == ["text"]
 
 
 def test_detection_row_only_with_detection():
