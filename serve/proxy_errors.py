@@ -11,8 +11,10 @@ Ray Serve installs it through its proxy callback, an environment variable the pr
 
     RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=serve.proxy_errors:proxy_middlewares
 
-(``serve.local_run`` passes it to the Serve controller, whose proxies inherit it; ``serve/config.yaml``
-sets it as ``controller_options``; the cluster files export it in ``ray start``.)
+Export it before ``serve run`` starts a local Ray (the README's commands); ``serve.local_run`` passes it to the Serve
+controller, whose proxies inherit it; ``serve/config.yaml`` sets it as ``controller_options`` (for ``serve
+deploy`` and ``serve run`` of that file); the cluster files export it in ``ray start`` on every node. The
+project must be importable where a proxy runs (it is: PYTHONPATH, ``serve run``'s working folder, or installed).
 """
 
 from __future__ import annotations
