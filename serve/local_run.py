@@ -18,6 +18,8 @@ from ray import serve
 from ray.serve import Application
 from ray.serve.context import _get_global_client
 
+from serve.proxy_errors import PROXY_CALLBACK, PROXY_CALLBACK_ENV
+
 SERVE_NAMESPACE = "serve"
 CONTROLLER_NAME = "SERVE_CONTROLLER_ACTOR"  # ray.serve._private.constants.SERVE_CONTROLLER_NAME
 
@@ -32,9 +34,12 @@ def run_local(app: Application, *, name: str = "unip2", port: int | None = None,
               ready_timeout_s: float = 180.0) -> str:
     """Start Serve on 127.0.0.1 (a free port unless given), deploy ``app`` at ``/``, wait for ``/readyz``.
 
-    Returns the base URL. Serve must not already be running (its HTTP options would be ignored).
+    Returns the base URL. Serve must not already be running (its HTTP and controller options would be ignored).
+    The controller's environment carries the proxy callback; the proxies it starts inherit it, so a request
+    whose replica is lost is answered with our JSON 503 (``serve.proxy_errors``), not a plain-text 500.
     """
-    serve.start(http_options={"host": "127.0.0.1", "port": port or free_port()})
+    serve.start(http_options={"host": "127.0.0.1", "port": port or free_port()},
+                controller_options={"runtime_env": {"env_vars": {PROXY_CALLBACK_ENV: PROXY_CALLBACK}}})
     # A Serve instance still shutting down keeps its own port: ask the controller which one is live.
     base_url = f"http://127.0.0.1:{_get_global_client().http_config.port}"
     try:

@@ -12,11 +12,13 @@ A route without images (``Route.images == "none"``) takes the same two forms, wi
 Refusals: bad body or undecodable/empty data → 400; not an image we accept → 415; missing, unknown or
 mistyped fields → 422; decoded size over ``Limits.max_pixels`` → 413 (read from the header, before any
 pixel is decoded); a body over ``Limits.max_body_bytes`` → 413 before it is parsed (a declared
-``Content-Length`` is refused without reading a byte; a chunked body as soon as it passes the limit).
+``Content-Length`` is refused without reading a byte; a chunked body as soon as it passes the limit); no body
+arriving within ``BODY_START_TIMEOUT_S`` → 503 with Retry-After (it was lost with a replica: send it again).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import io
@@ -31,8 +33,15 @@ from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 
 from serve.errors import ApiError, validation_details
+from serve.proxy_errors import RETRY_AFTER_S
 
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
+
+BODY_START_TIMEOUT_S = 10.0
+"""Most a replica waits for the first piece of a request's body. Serve's proxy forwards a request once its headers
+are in and the body follows at once; none arriving means it is gone: a replica that read it died before Serve's
+router heard it accept the request, so the router sent the request here without its body (the proxy hands a body
+out once). The answer is 503 with Retry-After, and the client sends it again."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -107,8 +116,9 @@ def decode_base64(value: Any, field: str) -> bytes:
 
 
 # ----------------------------------------------------------------------------------- parsing
-async def read_body(request: Request, max_bytes: int) -> bytes:
-    """The whole body, refused with 413 as soon as it is known to pass ``max_bytes``.
+async def read_body(request: Request, max_bytes: int, start_timeout_s: float = BODY_START_TIMEOUT_S) -> bytes:
+    """The whole body, refused with 413 as soon as it is known to pass ``max_bytes``; 503 if none of it arrives
+    within ``start_timeout_s`` (``BODY_START_TIMEOUT_S``: only the start is timed, a slow upload goes on).
 
     The body is cached on the request, so ``request.form()`` / ``request.json()`` parse it afterwards, and a
     second call returns it at once.
@@ -122,7 +132,17 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
     if getattr(request, "_body", None) is not None:
         return request._body
     chunks, size = [], 0
-    async for chunk in request.stream():
+    stream = request.stream()
+    timeout_s: float | None = start_timeout_s
+    while True:
+        try:
+            chunk = await asyncio.wait_for(anext(stream), timeout_s)
+        except StopAsyncIteration:
+            break
+        except asyncio.TimeoutError:
+            raise ApiError(503, f"no request body arrived within {start_timeout_s:g} s; retry the request",
+                           {"Retry-After": RETRY_AFTER_S}) from None
+        timeout_s = None
         size += len(chunk)
         if size > max_bytes:
             raise ApiError(413, f"request body is over the limit of {max_bytes} bytes")

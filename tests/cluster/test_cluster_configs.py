@@ -75,6 +75,18 @@ def test_local_cluster_lists_machines_by_ip():
 
 
 @pytest.mark.parametrize("name", CONFIGS)
+def test_every_node_starts_ray_with_serves_proxy_callback(name):
+    from serve.proxy_errors import PROXY_CALLBACK, PROXY_CALLBACK_ENV
+
+    config = load(name)
+    starts = [c for key in ("head_start_ray_commands", "worker_start_ray_commands") for c in config[key]
+              if "ray start" in c]
+    assert len(starts) == 2
+    for command in starts:  # in the environment of `ray start`, so every proxy on the node reads it
+        assert f"{PROXY_CALLBACK_ENV}={PROXY_CALLBACK} " in command.split("ray start")[0], command
+
+
+@pytest.mark.parametrize("name", CONFIGS)
 def test_every_key_has_a_comment_line_above_it(name):
     lines = (ROOT / name).read_text().splitlines()
     missing = []

@@ -26,6 +26,16 @@ def test_config_is_a_valid_serve_deploy_config():
     assert 1 <= args["min_replicas"] < args["max_replicas"] and args["target_ongoing_requests"] > 0
 
 
+def test_config_installs_the_proxy_middleware_through_the_controller():
+    from ray.serve.schema import ServeDeploySchema
+
+    from serve.proxy_errors import PROXY_CALLBACK, PROXY_CALLBACK_ENV
+
+    schema = ServeDeploySchema.model_validate(yaml.safe_load(CONFIG.read_text()))
+    # `serve deploy` and `serve run` hand these to the controller they create; its proxies inherit them.
+    assert schema.controller_options.runtime_env == {"env_vars": {PROXY_CALLBACK_ENV: PROXY_CALLBACK}}
+
+
 def test_config_args_build_the_app_through_the_typed_builder(tiny_checkpoint):
     from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
 

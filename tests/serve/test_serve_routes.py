@@ -1,5 +1,5 @@
 """Routes from the registry, without Ray: request models from a route's fields dataclass, routes without images,
-the admission limit and the timing header."""
+reading a body (its start timed), the admission limit and the timing header."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from starlette.requests import Request
 
 from serve.errors import ApiError
 from serve.request_models import params_model, warm_up_params
-from serve.requests import ImageField, Limits, json_schemas, parse_request
+from serve.requests import ImageField, Limits, json_schemas, parse_request, read_body
 from unip2.tasks.routes import Route
 
 
@@ -112,6 +112,34 @@ def test_a_route_without_images_reads_fields_only_in_either_form():
     with pytest.raises(ApiError) as refused:
         parse(upload.encode(), f"multipart/form-data; boundary={boundary}")
     assert refused.value.code == 422 and "takes no image" in refused.value.message
+
+
+def delayed_body(chunks: list[tuple[float, bytes]]) -> Request:
+    """A request whose body arrives as ``(seconds to wait, bytes)`` pieces; then it waits for ever."""
+    pending = list(chunks)
+
+    async def receive():
+        if not pending:
+            await asyncio.Event().wait()  # what a replica sees when its body went to a replica that died
+        delay, body = pending.pop(0)
+        await asyncio.sleep(delay)
+        return {"type": "http.request", "body": body, "more_body": bool(pending)}
+
+    return Request({"type": "http", "method": "POST", "path": TEXT_ONLY.path, "headers": [],
+                    "query_string": b""}, receive)
+
+
+def test_a_body_that_never_starts_is_a_503_with_retry_after():
+    with pytest.raises(ApiError) as refused:
+        asyncio.run(read_body(delayed_body([]), 1000, start_timeout_s=0.2))
+    assert refused.value.code == 503 and refused.value.headers["Retry-After"] == "1"
+    assert "no request body arrived within 0.2 s" in refused.value.message and "retry" in refused.value.message
+    # Only the start is timed: a body that starts in time may take longer than that to finish.
+    slow = delayed_body([(0.05, b"ab"), (0.3, b"cd"), (0.3, b"")])
+    assert asyncio.run(read_body(slow, 1000, start_timeout_s=0.2)) == b"abcd"
+    with pytest.raises(ApiError) as too_big:  # the size limit still holds past the start
+        asyncio.run(read_body(delayed_body([(0.0, b"ab"), (0.0, b"cdef")]), 4, start_timeout_s=0.2))
+    assert too_big.value.code == 413
 
 
 def test_admission_refuses_past_ongoing_plus_queued_with_retry_after():
