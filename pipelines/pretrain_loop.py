@@ -110,7 +110,7 @@ def pretrain_loop_per_worker(inputs: PretrainInputs) -> None:
         state["task_steps"][task] += 1
         state["step"] = step + 1
         sums = window[task]
-        sums[0] += float(loss.detach())
+        sums[0] += loss.detach()  # tensors until the log line: no wait for the device on every step
         sums[1] += 1
         sums[2] += right
         sums[3] += count
@@ -120,7 +120,8 @@ def pretrain_loop_per_worker(inputs: PretrainInputs) -> None:
             entry = {"step": state["step"], "seconds": now - started}
             for name, (loss_sum, steps, right_sum, n) in window.items():
                 if steps:
-                    entry[f"loss/{name}"], entry[f"accuracy/{name}"] = loss_sum / steps, right_sum / max(n, 1)
+                    entry[f"loss/{name}"] = float(loss_sum) / steps
+                    entry[f"accuracy/{name}"] = float(right_sum) / max(float(n), 1.0)
             state["history"].append(entry)
             if rank == 0:
                 speed = sum(sums[1] for sums in window.values()) / max(now - window_start, 1e-9)
@@ -149,7 +150,7 @@ def validation_accuracy(model: EncoderPretraining, spec: StreamSpec, task: str, 
         raw = reader.read(np.arange(first, min(first + batch_size, reader.num_rows)))
         np_batch = TASKS[task].preprocess(raw, tokenizer=tokenizer, train=False, rng=rng, **spec.inputs(task))
         _, batch_right, batch_count = model(task, TASKS[task].collate(np_batch, model.pixel_mean.device))
-        right, count = right + batch_right, count + batch_count
+        right, count = right + int(batch_right), count + int(batch_count)
     model.train()
     return {"accuracy": right / max(count, 1), "predictions": count}
 

@@ -40,7 +40,8 @@ WEIGHTS, CONFIG = "model.safetensors", "config.json"
 class EncoderPretraining(nn.Module):
     """The image classifier and the masked language model of stage 1 (either may be absent).
 
-    forward(task, collated batch) → (mean loss, number of right predictions, number of predictions):
+    forward(task, collated batch) → (mean loss, number of right predictions, number of predictions), the counts as
+    0-d tensors, so that a training loop reads them (a wait for the device) only when it logs:
     ``classification`` batches hold uint8 ``images`` B×3×S×S and ``labels``; ``language_modelling`` batches
     ``input_ids``, ``attention_mask`` and ``targets`` (-100 where nothing is predicted).
     """
@@ -70,17 +71,18 @@ class EncoderPretraining(nn.Module):
         """uint8 B×3×S×S → B×K logits."""
         return self.encoder("classification")((images.float() / 255.0 - self.pixel_mean) / self.pixel_std)
 
-    def forward(self, task: str, batch: dict) -> tuple[torch.Tensor, int, int]:
+    def forward(self, task: str, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if task == "classification":
             logits = self.classify(batch["images"])
             loss = F.cross_entropy(logits.float(), batch["labels"], label_smoothing=self.label_smoothing)
-            return loss, int((logits.argmax(-1) == batch["labels"]).sum()), int(batch["labels"].numel())
+            right = (logits.detach().argmax(-1) == batch["labels"]).sum()
+            return loss, right, right.new_tensor(batch["labels"].numel())
         if task == "language_modelling":
             targets = batch["targets"]
             logits = self.encoder(task)(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             chosen = targets != -100
             loss = F.cross_entropy(logits[chosen].float(), targets[chosen])
-            return loss, int((logits[chosen].argmax(-1) == targets[chosen]).sum()), int(chosen.sum())
+            return loss, (logits.detach()[chosen].argmax(-1) == targets[chosen]).sum(), chosen.sum()
         raise ValueError(f"stage 1 trains {', '.join(ENCODER_OF_TASK)}; not {task!r}")
 
     # ------------------------------------------------------------------------------- outputs
