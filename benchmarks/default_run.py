@@ -92,7 +92,13 @@ def process_memory_kb(pid: int) -> int:
     return 0
 
 
-def run_and_measure(command: list[str], *, cwd: Path, interval: float = 0.5, log: Path | None = None) -> dict:
+# Reading smaps_rollup walks each process's page tables in the kernel: polled every 0.5 s, a dozen multi-GB Ray
+# processes cost the poller ~15 % of a core, taken from the run it measures.
+POLL_INTERVAL_S = 2.0
+
+
+def run_and_measure(command: list[str], *, cwd: Path, interval: float = POLL_INTERVAL_S,
+                    log: Path | None = None) -> dict:
     """Run ``command``; → {"wall_s", "peak_mb", "peak_processes", "returncode"}."""
     sink = open(log, "w") if log else subprocess.DEVNULL
     start = time.perf_counter()
@@ -113,7 +119,7 @@ def run_and_measure(command: list[str], *, cwd: Path, interval: float = 0.5, log
             "returncode": process.returncode}
 
 
-def run(*, steps: int | None = None, evaluate: bool = True, fresh: bool = False, interval: float = 0.5,
+def run(*, steps: int | None = None, evaluate: bool = True, fresh: bool = False, interval: float = POLL_INTERVAL_S,
         out: str | Path | None = None, config: str | None = None) -> list[dict]:
     """→ [wall time row, peak memory row, one row per metric]. ``steps`` None = the default run's own;
     ``fresh``: an empty cache folder, so the embedded data and stage 1 are made inside the measured time;
