@@ -126,7 +126,6 @@ def run(*, steps: int | None = None, evaluate: bool = True, fresh: bool = False,
     ``out``: keep the run folder there (default: a scratch folder, removed); ``config``: a run config other than
     the default (rows keyed ``<config name>_run_*``, wall goal ≤ 1 h, metrics reported)."""
     overrides = ([f"--config={config}"] if config else []) + ([f"train.steps={steps}"] if steps else [])
-    prefix = "default_run" if config is None else f"{Path(config).stem}_run"
     with tempfile.TemporaryDirectory() as scratch:
         cache = [f"data.cache_dir={Path(scratch) / 'cache'}"] if fresh else []
         run_dir = Path(out).resolve() if out else Path(scratch) / "run"
@@ -140,6 +139,16 @@ def run(*, steps: int | None = None, evaluate: bool = True, fresh: bool = False,
         metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
     if measured["returncode"] != 0:
         raise RuntimeError(f"{' '.join(command)} exited with {measured['returncode']}:\n{console[-3000:]}")
+    return result_rows(measured, metrics, console, steps=steps, evaluate=evaluate, fresh=fresh, config=config,
+                       interval=interval)
+
+
+def result_rows(measured: dict, metrics: dict, console: str, *, steps: int | None = None, evaluate: bool = True,
+                fresh: bool = False, config: str | None = None, interval: float = POLL_INTERVAL_S) -> list[dict]:
+    """The rows of one measured run: its wall time and peak memory (``run_and_measure``), its ``metrics.json``
+    and console (which says whether stage 1 was trained inside the run), against the goals that apply."""
+    overrides = ([f"--config={config}"] if config else []) + ([f"train.steps={steps}"] if steps else [])
+    prefix = "default_run" if config is None else f"{Path(config).stem}_run"
     shown = " ".join(["python pipelines/train.py", *overrides, *([] if evaluate else ["--no-eval"])])
     made = "[pretrain] stage 1 done" in console  # stage 1 trained inside the measured time: the fresh goal applies
     stage1 = "stage 1 trained in the run" if made else "stage 1 from the cache"
@@ -149,12 +158,14 @@ def run(*, steps: int | None = None, evaluate: bool = True, fresh: bool = False,
                        f"{measured['peak_processes']} processes at the peak"}
     wall_goal = "reported" if steps is not None else LONG_GOAL if config else FRESH_GOAL if made else WALL[2]
     metric_goal = (lambda goal: goal) if steps is None and config is None else (lambda goal: "reported")
+    script = "train.py" + (f" --config={config}" if config else "")
     rows = [result(WALL[0].replace("default_run", prefix) + ("_fresh" if made else ""),
-                   measure=WALL[1].replace("train.py", " ".join(["train.py", *overrides[:1]]))
-                   + (" (stage 1 trained in it)" if made else ""),
+                   measure=WALL[1].replace("train.py", script) + (" (stage 1 trained in it)" if made else ""),
                    ours=measured["wall_s"], baseline=None, ratio=measured["wall_s"], goal=wall_goal, unit="s",
                    details=details),
-            result(PEAK[0].replace("default_run", prefix), measure=PEAK[1], ours=measured["peak_mb"], baseline=None, ratio=measured["peak_mb"],
+            result(PEAK[0].replace("default_run", prefix),
+                   measure=PEAK[1].replace("train.py", script), ours=measured["peak_mb"], baseline=None,
+                   ratio=measured["peak_mb"],
                    goal=PEAK[2], unit="MB", details={**details, "note": "PSS summed over the driver, Ray and its workers, "
                                                                        f"polled every {interval} s"})]
     for key, (measure, (task, name), goal) in METRICS.items():

@@ -89,6 +89,23 @@ def test_process_tree_memory_includes_children(tmp_path):
     assert measured["peak_mb"] > 150
 
 
+def test_default_run_rows_apply_the_goals_of_what_ran():
+    measured = {"wall_s": 700.0, "peak_mb": 5000.0, "peak_processes": 20, "returncode": 0}
+    metrics = {"classification": {"top1": 0.95}, "detection": {"bbox_AP": 0.3}}
+    cached = {row["key"]: row for row in default_run.result_rows(measured, metrics, "[train] done")}
+    assert cached["default_run_s"]["goal"] == "<= 600" and cached["default_run_s"]["met"] is False
+    assert cached["default_run_top1"]["met"] is True and cached["default_run_box_ap"]["met"] is False
+    fresh = default_run.result_rows(measured, metrics, "[pretrain] stage 1 done in 200 s")
+    assert (fresh[0]["key"], fresh[0]["goal"], fresh[0]["met"]) == ("default_run_s_fresh", "<= 900", True)
+    long = {row["key"]: row for row in default_run.result_rows(measured, metrics, "",
+                                                                config="pipelines/configs/long.yaml")}
+    assert long["long_run_s"]["goal"] == "<= 3600" and "--config=pipelines/configs/long.yaml" in long["long_run_s"]["measure"]
+    assert long["long_run_top1"]["goal"] == "reported" and long["long_run_top1"]["ours"] == 0.95
+    quick = default_run.result_rows(measured, metrics, "", steps=10)
+    assert {row["goal"] for row in quick if row["unit"] != "MB"} == {"reported"}
+    assert "train.steps" not in quick[0]["measure"]
+
+
 def test_results_files_and_table(tmp_path):
     rows = [result("optimizer_ratio", measure="m", ours=2.0, baseline=1.0, ratio=2.0, goal="<= 1.3", unit="ms",
                    details={"note": "a note"}),
