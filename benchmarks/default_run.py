@@ -166,7 +166,8 @@ def result_rows(measured: dict, metrics: dict, console: str, *, steps: int | Non
             result(PEAK[0].replace("default_run", prefix),
                    measure=PEAK[1].replace("train.py", script), ours=measured["peak_mb"], baseline=None,
                    ratio=measured["peak_mb"], goal=PEAK[2], unit="MB",
-                   details={**details, "note": f"PSS summed over the driver, Ray and its workers, polled every {interval} s"})]
+                   details={**details,
+                            "note": f"PSS summed over the driver, Ray and its workers, polled every {interval} s"})]
     for key, (measure, (task, name), goal) in METRICS.items():
         value = metrics.get(task, {}).get(name)
         rows.append(result(key.replace("default_run", prefix), measure=measure, ours=value, baseline=None,
