@@ -74,7 +74,16 @@ def aggregate(rows: list[dict], variant: str, cols: list[Column]) -> dict[str, C
     return {c.key: cell([r.get(c.key) for r in mine]) for c in cols}
 
 
-def table_markdown(table: AblationTable, rows: list[dict], cols: list[Column]) -> str:
+CHANCE_LABEL = "chance (a random training example's answer)"
+CHANCE_MARGIN_GOAL = 3.0
+"""Every column of a table should be at least this many times its chance level for its differences to mean
+something."""
+
+
+def table_markdown(table: AblationTable, rows: list[dict], cols: list[Column],
+                   chance: dict[str, float] | None = None) -> str:
+    """The table; with ``chance`` (``ablation_chance.chance_levels``), a chance row and each column's lowest
+    row as a multiple of it."""
     lines = [f"### {table.title}", "",
              "| setting | variant | seeds | " + " | ".join(c.label for c in cols) + " |",
              "|---|---|---|" + "---|" * len(cols)]
@@ -82,7 +91,40 @@ def table_markdown(table: AblationTable, rows: list[dict], cols: list[Column]) -
         cells = aggregate(rows, variant, cols)
         seeds = max((c.n for c in cells.values()), default=0)
         lines.append(f"| {label} | `{variant}` | {seeds} | " + " | ".join(cells[c.key].text() for c in cols) + " |")
+    if chance:
+        lines.append(f"| {CHANCE_LABEL} | – | – | "
+                     + " | ".join(_chance_text(chance[c.key]) if c.key in chance else "–" for c in cols) + " |")
+        margins = chance_margins(table, rows, cols, chance)
+        if margins:
+            short = f" (< {CHANCE_MARGIN_GOAL:g}×)"
+            lines += ["", "Lowest row ÷ chance: " + "; ".join(
+                f"{label} {_times(margin)}" + ("" if round(margin, 6) >= CHANCE_MARGIN_GOAL else short)
+                for label, margin in margins.items())]
     return "\n".join(lines) + "\n"
+
+
+def chance_margins(table: AblationTable, rows: list[dict], cols: list[Column],
+                   chance: dict[str, float]) -> dict[str, float]:
+    """Column label → the lowest row mean of the table divided by the column's chance level (columns with a
+    chance level and at least one measured row)."""
+    margins = {}
+    for column in cols:
+        if chance.get(column.key) is None:
+            continue
+        means = [aggregate(rows, variant, [column])[column.key] for _, variant in table.rows]
+        measured = [c.mean for c in means if c.n]
+        if measured:
+            margins[column.label] = min(measured) / chance[column.key] if chance[column.key] > 0 else math.inf
+    return margins
+
+
+def _chance_text(level: float) -> str:
+    """×100 like the table; small levels (detection's) with enough digits to be nonzero."""
+    return f"{100 * level:.1f}" if 100 * level >= 0.1 else f"{100 * level:.1g}"
+
+
+def _times(margin: float) -> str:
+    return "∞×" if math.isinf(margin) else (f"{margin:,.0f}×" if margin >= 100 else f"{margin:.1f}×")
 
 
 def write_table_csv(table: AblationTable, rows: list[dict], cols: list[Column], path: Path) -> Path:
@@ -96,8 +138,10 @@ def write_table_csv(table: AblationTable, rows: list[dict], cols: list[Column], 
     return path
 
 
-def plot_table(table: AblationTable, rows: list[dict], cols: list[Column], path: Path) -> Path:
-    """Grouped bars: one group per column, one bar per row (mean over seeds, error bar = sd)."""
+def plot_table(table: AblationTable, rows: list[dict], cols: list[Column], path: Path,
+               chance: dict[str, float] | None = None) -> Path:
+    """Grouped bars: one group per column, one bar per row (mean over seeds, error bar = sd); with ``chance``, a
+    dashed line over each group at its column's chance level."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -111,6 +155,10 @@ def plot_table(table: AblationTable, rows: list[dict], cols: list[Column], path:
         means = [100 * cells[c.key].mean if cells[c.key].n else 0.0 for c in cols]
         sds = [100 * cells[c.key].sd if cells[c.key].n > 1 else 0.0 for c in cols]
         axis.bar(x + (index - (len(table.rows) - 1) / 2) * width, means, width, yerr=sds, capsize=2, label=label)
+    for index, column in enumerate(cols):
+        if chance and column.key in chance:
+            axis.hlines(100 * chance[column.key], index - 0.45, index + 0.45, colors="black", linestyles="dashed",
+                        label="chance" if index == min(i for i, c in enumerate(cols) if c.key in chance) else None)
     axis.set_xticks(x, [c.label for c in cols])
     axis.set_ylabel("validation metric ×100 (mean ± sd over seeds)")
     axis.set_title(table.title, fontsize=10)

@@ -41,7 +41,9 @@ if sys.path and Path(sys.path[0]).resolve() == REPO / "tune":
     sys.path[0] = str(REPO)  # run as a script: import the packages, not this folder's modules as top-level ones
 
 from pipelines import ray_runtime  # noqa: E402  (sets Ray's environment before ray is imported)
+from pipelines.run_setup import resolve_data  # noqa: E402
 from tune import ablation_report as report  # noqa: E402
+from tune.ablation_chance import chance_levels  # noqa: E402
 from tune.ablation_interference import InterferenceSettings, measure_interference  # noqa: E402
 from tune.ablation_variants import (FULL, AblationPlan, Variant, build_plan, variant_overrides,  # noqa: E402
                                    variant_tasks)
@@ -303,15 +305,19 @@ def write_outputs(out: Path, plan: AblationPlan, rows: list[dict], base: RunConf
                 f"Base run: `{summary['config']}` {' '.join(f'`{o}`' for o in summary['overrides'])}; "
                 f"seeds {summary['seeds']}; evaluation on the validation split "
                 f"({'first ' + str(summary['max_images']) if summary['max_images'] else 'all'} images per dataset). "
-                "Numbers ×100, mean ± sample sd over seeds. "
+                "Numbers ×100, mean ± sample sd over seeds. Each table's last row is the chance level: the score of "
+                "answering every validation image with what a random training example shows (its label, caption or "
+                "objects; a random ranking for retrieval), and under it each column's lowest row as a multiple of it. "
                 "Measured on other data, model size and budget than the paper's: compare directions, not values.",
                 ""]
+    chance = summary.get("chance")
     for table in plan.tables:
-        markdown = report.table_markdown(table, rows, cols)
+        markdown = report.table_markdown(table, rows, cols, chance)
         checks = report.claims_markdown(claims, rows, cols, table.key)
         (out / f"table_{table.key}.md").write_text(markdown + ("\n" + checks if checks else ""))
         files[f"table_{table.key}"] = report.write_table_csv(table, rows, cols, out / f"table_{table.key}.csv")
-        files[f"plot_{table.key}"] = report.plot_table(table, rows, cols, out / f"table_{table.key}.png")
+        files[f"plot_{table.key}"] = report.plot_table(table, rows, cols, out / f"table_{table.key}.png",
+                                                             chance)
         sections += [markdown, f"![{table.key}](table_{table.key}.png)", ""]
         if checks:
             sections += [report.checks_heading(claims, table.key), "", checks]
@@ -361,6 +367,8 @@ def run_ablations(spec: AblationSpec, out: str | Path) -> dict[str, Path]:
         export_backbones(context, plan)
         grid_s += run_grid(context, second, base, "phase2")
     rows = [trial_row(run_dir(out, name, seed), name, seed) for name in plan.variants for seed in spec.seeds]
+    chance = chance_levels(resolve_data(base)[0], list(base.tasks), split=spec.evaluation.split,
+                           max_images=spec.evaluation.max_images)
     interference_started = time.time()
     interference = run_interference(context, base) if spec.interference is not None else None
     summary = {"config": spec.config_path, "overrides": spec.overrides, "seeds": spec.seeds,
@@ -368,7 +376,7 @@ def run_ablations(spec: AblationSpec, out: str | Path) -> dict[str, Path]:
                "variants": list(plan.variants), "trials": len(rows),
                "completed": sum(r["status"] == "completed" for r in rows),
                "sum_trial_s": sum(r.get("trial_wall_s") or 0.0 for r in rows), "grid_s": grid_s,
-               "interference_s": time.time() - interference_started}
+               "interference_s": time.time() - interference_started, "chance": chance}
     summary["wall_s"] = time.time() - started
     return write_outputs(out, plan, rows, base, interference, summary)
 

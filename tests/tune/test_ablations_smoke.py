@@ -44,6 +44,8 @@ def test_smoke_trains_both_variants_and_writes_the_tables(smoke):
     assert "conditional MoE helps every task" in collaboration  # the direction check ran
     summary = json.loads((out / "summary.json").read_text())
     assert summary["completed"] == summary["trials"] == 2 and summary["wall_s"] > 0
+    assert summary["chance"]["retrieval/t2i_R@1"] == pytest.approx(1 / 8)  # --smoke evaluates 8 images
+    assert "chance (a random training example's answer)" in collaboration and "Lowest row ÷ chance" in collaboration
 
 
 def test_smoke_measures_interference_with_and_without_moe(smoke):
