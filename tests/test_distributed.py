@@ -1,4 +1,5 @@
-"""Retrieval's cross-worker gather on a real 2-process gloo group: unequal batch sizes, exact gradients.
+"""Retrieval's cross-worker gather on a real 2-process gloo group: unequal batch sizes, exact gradients; and the
+mixed sampling mode's weighting and averaging of each worker's own task gradient.
 
 Two ranks hold 3 and 1 rows (as when one worker dropped corrupt images). Each computes the symmetric InfoNCE
 of its rows against everyone's; the gradients averaged over ranks (what DDP does) must equal one process's
@@ -15,7 +16,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from unip2.distributed import gather_with_grad
+from unip2.distributed import average_task_gradients, gather_with_grad
 
 ROWS = (3, 1)
 
@@ -83,3 +84,42 @@ def test_single_process_gather_is_the_identity():
     x = torch.randn(3, 4)
     gathered, offset = gather_with_grad(x)
     assert gathered is x and offset == 0
+
+
+OMEGAS = (2.0, 0.5)  # rank r trains a task of weight OMEGAS[r]
+
+
+def rank_gradients(rank: int) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(100 + rank)
+    return [torch.randn(3, 2, generator=generator, dtype=torch.double),
+            torch.randn(4, generator=generator, dtype=torch.double)]
+
+
+def _average_worker(rank: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    results = {}
+    for normalize in (True, False):
+        params = [torch.nn.Parameter(torch.zeros_like(g)) for g in rank_gradients(rank)]
+        for p, g in zip(params, rank_gradients(rank)):
+            p.grad = g.clone()
+        average_task_gradients(params, OMEGAS[rank], normalize=normalize)
+        results[normalize] = [p.grad for p in params]
+    if rank == 0:
+        torch.save(results, out)
+    dist.destroy_process_group()
+
+
+def test_mixed_mode_averages_each_workers_weighted_gradient(tmp_path):
+    out = str(tmp_path / "averaged.pt")
+    mp.spawn(_average_worker, args=(free_port(), out), nprocs=2, join=True)
+    averaged = torch.load(out)
+
+    def flat(rank):
+        return torch.cat([g.reshape(-1) for g in rank_gradients(rank)])
+
+    normalized = sum(OMEGAS[r] * flat(r) / flat(r).norm() for r in (0, 1)) / 2  # MT-AdamW's mixed mode
+    raw = sum(OMEGAS[r] * flat(r) for r in (0, 1)) / 2                          # plain AdamW's
+    for normalize, want in ((True, normalized), (False, raw)):
+        got = torch.cat([g.reshape(-1) for g in averaged[normalize]])
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)

@@ -1,8 +1,8 @@
 """torch.distributed helpers the multi-task method needs (no Ray here; any launcher sets up the group).
 
 * ``gather_with_grad``: retrieval negatives from every worker (batch sizes may differ), exact gradients.
-* ``normalize_and_average_gradients``: the ``mixed`` sampling mode, where each worker trains its own
-  task: ω_k·g_k/‖g_k‖ is formed locally, then averaged over workers.
+* ``average_task_gradients``: the ``mixed`` sampling mode, where each worker trains its own task:
+  ω_k·g_k/‖g_k‖ (MT-AdamW) or ω_k·g_k (plain AdamW) is formed locally, then averaged over workers.
 """
 
 from __future__ import annotations
@@ -59,14 +59,17 @@ class _AllGather(torch.autograd.Function):
         return grad[ctx.rank]
 
 
-def normalize_and_average_gradients(parameters: list[torch.nn.Parameter], omega: float) -> torch.Tensor:
-    """grad ← mean over ranks of ω·grad/‖grad‖ (one global norm per rank). Returns the local norm.
+def average_task_gradients(parameters: list[torch.nn.Parameter], omega: float, *,
+                           normalize: bool = True) -> torch.Tensor:
+    """grad ← mean over ranks of ω·grad/‖grad‖ (``normalize``: one global norm per rank, MT-AdamW's
+    normalization done before the workers' tasks are combined) or of ω·grad (plain AdamW: the raw gradient
+    weighted, as in its unmixed steps). Returns the local norm.
 
     Parameters without a gradient contribute zeros, so every rank reduces the same flat buffer.
     """
     params = [p for p in parameters if p.requires_grad]
     norm = global_grad_norm(params)
-    scale = omega / norm.clamp_min(1e-12)
+    scale = omega / norm.clamp_min(1e-12) if normalize else omega
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     flat = torch.cat([g.reshape(-1) for g in grads]) * scale
     _, size = world()

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from unip2.distributed import normalize_and_average_gradients
+from unip2.distributed import average_task_gradients
 from unip2.optim import MTAdamW, global_grad_norm
 from unip2.tasks.base import Gather, local_gather
 
@@ -44,8 +44,6 @@ class TrainingStep:
     def __init__(self, *, loss_module: nn.Module, optimizer: torch.optim.Optimizer, omegas: dict[str, float],
                  ratios: dict[str, float], mixed: bool = False, gather: Gather = local_gather,
                  autocast: contextlib.AbstractContextManager | None = None):
-        if mixed and not isinstance(optimizer, MTAdamW):
-            raise ValueError("train.sampling: mixed sampling normalizes per worker, which needs optim.name=mt_adamw")
         self.loss_module, self.optimizer = loss_module, optimizer
         self.omegas, self.ratios, self.mixed, self.gather = omegas, ratios, mixed, gather
         self.autocast = autocast if autocast is not None else contextlib.nullcontext()
@@ -63,8 +61,8 @@ class TrainingStep:
                 loss = loss_hook(loss)
             loss.backward()
         omega, s = self.omegas[task], self.ratios[task]
-        if self.mixed:
-            normalize_and_average_gradients(self.parameters, omega)
+        if self.mixed:  # each worker weights its own task's gradient, then the workers' are averaged
+            average_task_gradients(self.parameters, omega, normalize=isinstance(self.optimizer, MTAdamW))
         # The reduced gradient is identical on every rank, so every rank takes the same decision. One norm:
         # MT-AdamW normalizes with it too.
         norm = global_grad_norm(self.parameters)
@@ -80,7 +78,8 @@ class TrainingStep:
             else:
                 self.optimizer.step(omega=omega, s=s, grad_norm=norm)
             return
-        for p in self.parameters:
-            if p.grad is not None:
-                p.grad.mul_(omega)
+        if not self.mixed:  # plain AdamW (ablation): ω scales the raw gradient (mixed: already applied)
+            for p in self.parameters:
+                if p.grad is not None:
+                    p.grad.mul_(omega)
         self.optimizer.step()
