@@ -1,6 +1,6 @@
 """Reproduce the paper's ablations (Tables 2–5) and measure task interference, on your data or the embedded one.
 
-    python tune/ablations.py --out ablations/tiny             # tiny preset, embedded data, 2 seeds (~1 h, 2 cores)
+    python tune/ablations.py --out ablations/tiny             # tiny preset, embedded data, 2 seeds (~70 min, 2 cores)
     python tune/ablations.py --smoke --out ablations/smoke    # two variants, a few steps (the tests run this)
     python tune/ablations.py --out ablations/tiny --variants full,tokens-global,tokens-regional   # one table
     python tune/ablations.py --out ablations/tiny --backbone-file in1k=/weights/convnext_atto.safetensors
