@@ -14,7 +14,6 @@ Values are fractions, keyed like the trial rows (``<task>/<metric>``).
 from __future__ import annotations
 
 import collections
-import json
 import random
 import tempfile
 from pathlib import Path
@@ -120,8 +119,3 @@ def _caption_references(annotations: dict, split: str, val: list[dict]) -> dict[
     if captions_file:
         return load_coco_caption_references(captions_file, [r["image_id"] for r in val])
     return {int(r["image_id"]): list(r["captions"]) for r in val}
-
-
-def write_chance(levels: dict[str, float], path: Path) -> Path:
-    path.write_text(json.dumps(levels, indent=2))
-    return path
