@@ -155,10 +155,10 @@ def plot_table(table: AblationTable, rows: list[dict], cols: list[Column], path:
         means = [100 * cells[c.key].mean if cells[c.key].n else 0.0 for c in cols]
         sds = [100 * cells[c.key].sd if cells[c.key].n > 1 else 0.0 for c in cols]
         axis.bar(x + (index - (len(table.rows) - 1) / 2) * width, means, width, yerr=sds, capsize=2, label=label)
-    for index, column in enumerate(cols):
-        if chance and column.key in chance:
-            axis.hlines(100 * chance[column.key], index - 0.45, index + 0.45, colors="black", linestyles="dashed",
-                        label="chance" if index == min(i for i, c in enumerate(cols) if c.key in chance) else None)
+    with_chance = [(index, chance[c.key]) for index, c in enumerate(cols) if chance and c.key in chance]
+    for drawn, (index, level) in enumerate(with_chance):
+        axis.hlines(100 * level, index - 0.45, index + 0.45, colors="black", linestyles="dashed",
+                    label="chance" if drawn == 0 else None)  # one legend entry
     axis.set_xticks(x, [c.label for c in cols])
     axis.set_ylabel("validation metric ×100 (mean ± sd over seeds)")
     axis.set_title(table.title, fontsize=10)

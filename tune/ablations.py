@@ -315,8 +315,7 @@ def write_outputs(out: Path, plan: AblationPlan, rows: list[dict], base: RunConf
         checks = report.claims_markdown(claims, rows, cols, table.key)
         (out / f"table_{table.key}.md").write_text(markdown + ("\n" + checks if checks else ""))
         files[f"table_{table.key}"] = report.write_table_csv(table, rows, cols, out / f"table_{table.key}.csv")
-        files[f"plot_{table.key}"] = report.plot_table(table, rows, cols, out / f"table_{table.key}.png",
-                                                             chance)
+        files[f"plot_{table.key}"] = report.plot_table(table, rows, cols, out / f"table_{table.key}.png", chance)
         sections += [markdown, f"![{table.key}](table_{table.key}.png)", ""]
         if checks:
             sections += [report.checks_heading(claims, table.key), "", checks]
