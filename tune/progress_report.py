@@ -15,6 +15,7 @@ import math
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from tune.objective import PROGRESS, loss_progress
+from tune.trial_stop import StopWatcher
 
 TRAIN_REPORT = "train_report"
 """Result key: the number of this Train report in the run, ``ceil(step / checkpoint_every)`` (1, 2, ...): the
@@ -23,14 +24,20 @@ same after a resume, unlike Tune's ``training_iteration``, which a resumed trial
 
 class ProgressReport(TuneReportCallback):
     """Forwards every Train report to Tune, adding ``progress`` = the loss ratio to the baseline at that step
-    and its ``train_report`` number (``checkpoint_every``: the run's ``train.checkpoint_every``)."""
+    and its ``train_report`` number (``checkpoint_every``: the run's ``train.checkpoint_every``). ``stop_file``:
+    from its first report on, the run ends itself once this file exists (``tune.trial_stop``: the trial's actor is
+    handed to the next trial)."""
 
-    def __init__(self, reference: dict[int, dict[str, float]], checkpoint_every: int):
+    def __init__(self, reference: dict[int, dict[str, float]], checkpoint_every: int, stop_file: str | None = None):
         super().__init__()
         self.reference = reference
         self.checkpoint_every = checkpoint_every
+        self.stop_file = stop_file
+        self._watcher = None  # started in the controller, where this object runs
 
     def after_report(self, run_context, metrics, checkpoint):
+        if self.stop_file is not None and self._watcher is None:
+            self._watcher = StopWatcher(self.stop_file).start()
         first = dict(metrics[0])
         first[PROGRESS] = step_progress(first, self.reference)
         first[TRAIN_REPORT] = math.ceil(int(first["step"]) / self.checkpoint_every)

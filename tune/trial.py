@@ -7,7 +7,9 @@ Tune through ``tune.progress_report.ProgressReport`` with the loss ratio to the 
 last report holds every task's headline metric and the objective.
 
 Each trial's run folder is ``<sweep>/trials/<trial id>/`` (run config, Train storage, evaluation); a trial
-restarted after an interruption resumes its training from the last checkpoint there.
+restarted after an interruption resumes its training from the last checkpoint there. Trial actors are reused
+(``tune.trial_stop``): a trial stopped by ASHA ends its Train run when its actor is handed to the next trial, and
+returns without evaluating.
 """
 
 from __future__ import annotations
@@ -31,10 +33,12 @@ from pipelines.trainer import make_trainer  # noqa: E402
 from tune.objective import FLOOR, OBJECTIVE, PROGRESS, relative_objective, task_scores  # noqa: E402
 from tune.progress_report import ProgressReport, step_progress  # noqa: E402
 from tune.search_space import to_overrides  # noqa: E402
+from tune import trial_stop  # noqa: E402
 from tune.trial_timeline import TrialClock, process_started  # noqa: E402
 from unip2.run_config import load_run_config  # noqa: E402
 
 _IMPORTED = time.time()
+_trials_in_this_process = 0
 
 
 @dataclass
@@ -74,12 +78,13 @@ class TrialSetup:
 
 
 def train_and_evaluate(setup: TrialSetup, params: dict, out: Path, *, callbacks: list = (),
-                       clock: TrialClock | None = None) -> dict:
+                       clock: TrialClock | None = None, stopped=lambda: False) -> dict | None:
     """Train the base config with ``params`` applied into run folder ``out``, then evaluate.
 
     Returns {"scores": {``<task>/<metric>``: value}, "losses": {step: {"loss/<task>": value}},
     "train_s", "eval_s"}; also written to ``out/trial.json``. ``clock``: marks the phases
-    (``tune.trial_timeline``).
+    (``tune.trial_timeline``). ``stopped()`` true after training (the trial was stopped and its Train run
+    ended): None, without evaluating.
     """
     clock = clock or TrialClock()
     run, out, data_root = prepare_run(setup.config_path, [*setup.overrides, *to_overrides(params)], out=str(out))
@@ -88,10 +93,17 @@ def train_and_evaluate(setup: TrialSetup, params: dict, out: Path, *, callbacks:
     started = time.time()
     trainer = make_trainer(run, out=out, data_root=data_root, callbacks=callbacks)
     clock.mark("trainer_built")
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except Exception:
+        if stopped():
+            return None
+        raise
     clock.mark("fit_returned")
     if result.error is not None:
         raise result.error
+    if stopped():
+        return None
     trained = time.time()
     evaluation_settings = setup.evaluation
     with result.checkpoint.as_directory() as directory:
@@ -113,15 +125,33 @@ def train_and_evaluate(setup: TrialSetup, params: dict, out: Path, *, callbacks:
 
 def run_trial(params: dict, *, setup: TrialSetup) -> None:
     """The Tune trainable (wrap with ``ray.tune.with_parameters(run_trial, setup=...)``)."""
+    global _trials_in_this_process
     started = time.time()
-    clock = TrialClock(process_started=process_started(), module_import_start=_IMPORT_STARTED,
-                       module_imported=_IMPORTED, function_start=started)
+    _trials_in_this_process += 1
+    if _trials_in_this_process == 1:  # a fresh actor: its start and imports come before this trial
+        clock = TrialClock(process_started=process_started(), module_import_start=_IMPORT_STARTED,
+                           module_imported=_IMPORTED, function_start=started)
+    else:  # an actor reused from an earlier trial
+        clock = TrialClock(reused_function_start=started, function_start=started)
     os.chdir(setup.cwd)
     out = Path(setup.sweep_dir) / "trials" / ray.tune.get_context().get_trial_id()
+    running = trial_stop.begin(out)
+    try:
+        _train_evaluate_report(params, setup, out, running, clock, started)
+    finally:
+        trial_stop.end(running)
+
+
+def _train_evaluate_report(params: dict, setup: TrialSetup, out: Path, running: trial_stop.RunningTrial,
+                           clock: TrialClock, started: float) -> None:
     losses = {int(step): value for step, value in setup.baseline["losses"].items()}
     run = load_run_config(setup.config_path, [*setup.overrides, *to_overrides(params)])
-    progress = ProgressReport(losses, checkpoint_every=run.train.checkpoint_every)
-    measured = train_and_evaluate(setup, params, out, callbacks=[progress], clock=clock)
+    progress = ProgressReport(losses, checkpoint_every=run.train.checkpoint_every, stop_file=str(running.stop_file))
+    measured = train_and_evaluate(setup, params, out, callbacks=[progress], clock=clock,
+                                  stopped=running.stop_requested)
+    if measured is None or running.stop_requested():  # stopped by Tune: no one waits for more results
+        clock.mark("stopped")
+        return
     scores = measured["scores"]
     last = max(measured["losses"])
     clock.mark("reported")

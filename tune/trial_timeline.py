@@ -138,6 +138,8 @@ PHASES = [
     ("Tune: trial queued → placement group, worker process, actor init", "driver_saw_trial", "module_import_start"),
     ("trial actor: import tune.trial (torch, Ray Train, project modules)", "module_import_start", "module_imported"),
     ("Tune: actor ready → trial function called", "module_imported", "function_start"),
+    ("Tune: trial queued → earlier trial's actor reset, trial function called", "driver_saw_trial",
+     "reused_function_start"),
     ("trial: run config + folder (prepare_run)", "function_start", "prepared"),
     ("trial: TorchTrainer built (data manifest, tokenizer, stream spec)", "prepared", "trainer_built"),
     ("Train: controller actor start", "trainer_built", "train_controller_init"),

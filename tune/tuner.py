@@ -30,9 +30,10 @@ import ray
 import ray.tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
+from ray.tune.trainable.function_trainable import wrap_function
 
 from pipelines import ray_runtime
-from tune import orphaned_groups, results
+from tune import orphaned_groups, results, trial_stop
 from tune.objective import FLOOR, OBJECTIVE, PROGRESS, check_metric
 from tune.progress_report import TRAIN_REPORT
 from tune.search_space import SearchSpace, param_space, uniform_params
@@ -195,7 +196,7 @@ def make_trainable(spec: SweepSpec, out: Path, baseline: dict):
     setup = TrialSetup(sweep_dir=str(out), cwd=str(Path.cwd()), config_path=spec.config_path,
                        overrides=spec.overrides, evaluation=spec.settings.evaluation, baseline=baseline,
                        floor=spec.settings.floor)
-    trainable = ray.tune.with_parameters(run_trial, setup=setup)
+    trainable = trial_stop.reusable(wrap_function(ray.tune.with_parameters(run_trial, setup=setup)))
     return ray.tune.with_resources(trainable, {"CPU": spec.settings.trial_cpus})
 
 
@@ -227,7 +228,9 @@ def make_tuner(spec: SweepSpec, out: Path, trainable, *, concurrency: int, callb
         # BasicVariantGenerator, and every trial would start at once (and starve Ray Data for good).
         tune_config=ray.tune.TuneConfig(
             num_samples=settings.samples, scheduler=scheduler, time_budget_s=settings.time_budget_s,
-            search_alg=BasicVariantGenerator(random_state=settings.seed, max_concurrent=concurrency)),
+            search_alg=BasicVariantGenerator(random_state=settings.seed, max_concurrent=concurrency),
+            # A trial actor's start and imports (~5 s on 2 cores) are paid once per concurrent slot, not per trial.
+            reuse_actors=True),
         run_config=ray.tune.RunConfig(
             name=EXPERIMENT, storage_path=str(out), verbose=1,
             failure_config=ray.tune.FailureConfig(max_failures=settings.max_failures),

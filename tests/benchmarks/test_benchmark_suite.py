@@ -72,8 +72,9 @@ def test_steady_step_time_leaves_out_the_first_window():
 
 
 def test_tune_row_from_a_sweep_summary():
-    row = tune_overhead.from_summary({"sweep_wall_s": 115.0, "sum_trial_s": 100.0, "trials": 2, "concurrency": 1})
-    assert row["ratio"] == 1.15 and row["met"] is True
+    row = tune_overhead.from_summary({"sweep_wall_s": 110.0, "sum_trial_s": 100.0, "trials": 2, "concurrency": 1})
+    assert row["ratio"] == 1.10 and row["met"] is True
+    assert tune_overhead.from_summary({"sweep_wall_s": 111.0, "sum_trial_s": 100.0, "trials": 2})["met"] is False
 
 
 def test_process_tree_memory_includes_children(tmp_path):
