@@ -138,8 +138,6 @@ PHASES = [
     ("Tune: trial queued → placement group, worker process, actor init", "driver_saw_trial", "module_import_start"),
     ("trial actor: import tune.trial (torch, Ray Train, project modules)", "module_import_start", "module_imported"),
     ("Tune: actor ready → trial function called", "module_imported", "function_start"),
-    ("Tune: trial queued → earlier trial's actor reset, trial function called", "driver_saw_trial",
-     "reused_function_start"),
     ("trial: run config + folder (prepare_run)", "function_start", "prepared"),
     ("trial: TorchTrainer built (data manifest, tokenizer, stream spec)", "prepared", "trainer_built"),
     ("Train: controller actor start", "trainer_built", "train_controller_init"),
@@ -159,9 +157,16 @@ PHASES = [
 ]
 
 
+REUSED_ACTOR_PHASE = ("Tune: trial queued → earlier trial's actor reset, trial function called", "driver_saw_trial",
+                      "reused_function_start")
+"""In place of the first three phases when the trial ran in an actor reused from an earlier trial
+(``tune.trial_stop``)."""
+
+
 def phase_rows(marks: dict[str, float]) -> list[tuple[str, float]]:
     """(phase, seconds) for every phase whose two marks are present."""
-    return [(name, marks[end] - marks[start]) for name, start, end in PHASES if start in marks and end in marks]
+    return [(name, marks[end] - marks[start]) for name, start, end in [REUSED_ACTOR_PHASE, *PHASES]
+            if start in marks and end in marks]
 
 
 def read_trial_marks(run_dir: Path) -> dict[str, float]:

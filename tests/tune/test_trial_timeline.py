@@ -7,8 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from tune.trial_timeline import (PHASES, DriverTimeline, TrialClock, phase_rows, read_trial_marks, sweep_phases,
-                                 train_log_marks)
+from tune.trial_timeline import (PHASES, REUSED_ACTOR_PHASE, DriverTimeline, TrialClock, phase_rows,
+                                 read_trial_marks, sweep_phases, train_log_marks)
 
 
 def test_consecutive_marks_become_phases_and_missing_ones_are_left_out():
@@ -19,6 +19,11 @@ def test_consecutive_marks_become_phases_and_missing_ones_are_left_out():
     assert all(seconds == 1.0 for _, seconds in rows)
     del marks["fit_returned"]
     assert len(phase_rows(marks)) == len(PHASES) - 2
+
+
+def test_a_trial_in_a_reused_actor_has_one_phase_before_its_function():
+    rows = phase_rows({"driver_saw_trial": 1.0, "reused_function_start": 1.5, "function_start": 1.5, "prepared": 2.0})
+    assert rows == [(REUSED_ACTOR_PHASE[0], 0.5), (PHASES[3][0], 0.5)]
 
 
 def test_ray_train_log_lines_of_one_run_become_marks(tmp_path):
