@@ -164,14 +164,18 @@ def test_serve_benchmark_reports_batching_gain_overhead_and_throughput(ray_local
     from benchmarks import serve_batching
 
     rows = serve_batching.run(requests=8)
-    assert [row["key"] for row in rows] == ["serve_batching_gain", "serve_overhead_ms", "serve_throughput_ratio"]
-    gain, overhead, throughput = rows
+    assert [row["key"] for row in rows] == ["serve_batching_gain", "serve_overhead_ms", "serve_throughput_ratio",
+                                            "serve_overhead_beyond_ray_serve_ms"]
+    gain, overhead, throughput, beyond = rows
     assert_measured(gain, "serve_batching_gain")
     assert_measured(throughput, "serve_throughput_ratio")
     assert set(overhead) == ROW_KEYS and math.isfinite(overhead["ratio"]) and overhead["ours"] > 0
     assert gain["goal"] == f">= {serve_batching.GAIN_SHARE * gain['details']['direct_batching_ceiling']:.2f}"
     parts = gain["details"]["served_batch16_adaptive"][1]["parts_ms"]
     assert {"parse", "decode", "queue", "model", "encode", "replica", "proxy"} <= set(parts)
+    floors = beyond["details"]["floors"]
+    assert floors["ray_serve"]["n"] == floors["uvicorn"]["n"] == 8 and floors["uvicorn"]["p50_ms"] > 0
+    assert beyond["ratio"] == overhead["ratio"] - floors["ray_serve"]["p50_ms"]
 
 
 def test_serve_load_answers_every_image_route(ray_local, tiny_checkpoint):
