@@ -30,7 +30,7 @@ GAIN = ("serve_batching_gain", "Serve req/s, dynamic batching / max_batch_size=1
 OVERHEAD = ("serve_overhead_ms", "Serve p50 − direct in-process p50 (1 client)", "<= 5")
 THROUGHPUT = ("serve_throughput_ratio", "Serve req/s (16 clients) / direct batched req/s, same images", ">= 0.8")
 BEYOND_RAY_SERVE = ("serve_overhead_beyond_ray_serve_ms",
-                    "serve_overhead_ms − p50 of a no-op Ray Serve app receiving the same upload (1 client)", "<= 2")
+                    "serve_overhead_ms − p50 of a no-op Ray Serve app receiving the same upload (1 client)", "reported")
 GAIN_SHARE = 0.9
 """Share of the model's own batching gain that Serve's must reach (the goal of ``serve_batching_gain``)."""
 
