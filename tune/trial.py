@@ -20,6 +20,7 @@ _IMPORT_STARTED = time.time()  # a trial actor imports this module first: the st
 
 import json  # noqa: E402
 import os  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -78,7 +79,7 @@ class TrialSetup:
 
 
 def train_and_evaluate(setup: TrialSetup, params: dict, out: Path, *, callbacks: list = (),
-                       clock: TrialClock | None = None, stopped=lambda: False) -> dict | None:
+                       clock: TrialClock | None = None, stopped: Callable[[], bool] = lambda: False) -> dict | None:
     """Train the base config with ``params`` applied into run folder ``out``, then evaluate.
 
     Returns {"scores": {``<task>/<metric>``: value}, "losses": {step: {"loss/<task>": value}},
