@@ -16,7 +16,7 @@ from tune import sweep, tuner
 from tune.trial_stop import STOP_FILE
 from tune.trial_timeline import read_trial_marks
 
-STEPS = 24
+STEPS = 48
 """Long enough that a run stopped at its first report (step 4) is still training when the next trial starts."""
 
 
