@@ -39,7 +39,6 @@ from tune.trial_timeline import TrialClock, process_started  # noqa: E402
 from unip2.run_config import load_run_config  # noqa: E402
 
 _IMPORTED = time.time()
-_trials_in_this_process = 0
 
 
 @dataclass
@@ -126,14 +125,12 @@ def train_and_evaluate(setup: TrialSetup, params: dict, out: Path, *, callbacks:
 
 def run_trial(params: dict, *, setup: TrialSetup) -> None:
     """The Tune trainable (wrap with ``ray.tune.with_parameters(run_trial, setup=...)``)."""
-    global _trials_in_this_process
     started = time.time()
-    _trials_in_this_process += 1
-    if _trials_in_this_process == 1:  # a fresh actor: its start and imports come before this trial
+    if trial_stop.ran_a_trial():  # an actor reused from an earlier trial
+        clock = TrialClock(reused_function_start=started, function_start=started)
+    else:  # a fresh actor: its start and imports come before this trial
         clock = TrialClock(process_started=process_started(), module_import_start=_IMPORT_STARTED,
                            module_imported=_IMPORTED, function_start=started)
-    else:  # an actor reused from an earlier trial
-        clock = TrialClock(reused_function_start=started, function_start=started)
     os.chdir(setup.cwd)
     out = Path(setup.sweep_dir) / "trials" / ray.tune.get_context().get_trial_id()
     running = trial_stop.begin(out)

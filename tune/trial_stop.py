@@ -54,6 +54,11 @@ class RunningTrial:
 _running: RunningTrial | None = None
 
 
+def ran_a_trial() -> bool:
+    """Whether an earlier trial ran in this process (the actor was reused)."""
+    return _running is not None
+
+
 def begin(run_dir: Path) -> RunningTrial:
     """Called by the trial function first: this actor now runs the trial of ``run_dir`` (a stop file left by an
     earlier attempt of the same trial is removed)."""

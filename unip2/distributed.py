@@ -59,17 +59,15 @@ class _AllGather(torch.autograd.Function):
         return grad[ctx.rank]
 
 
-def average_task_gradients(parameters: list[torch.nn.Parameter], omega: float, *,
-                           normalize: bool = True) -> torch.Tensor:
+def average_task_gradients(parameters: list[torch.nn.Parameter], omega: float, *, normalize: bool = True) -> None:
     """grad ← mean over ranks of ω·grad/‖grad‖ (``normalize``: one global norm per rank, MT-AdamW's
     normalization done before the workers' tasks are combined) or of ω·grad (plain AdamW: the raw gradient
-    weighted, as in its unmixed steps). Returns the local norm.
+    weighted, as in its unmixed steps).
 
     Parameters without a gradient contribute zeros, so every rank reduces the same flat buffer.
     """
     params = [p for p in parameters if p.requires_grad]
-    norm = global_grad_norm(params)
-    scale = omega / norm.clamp_min(1e-12) if normalize else omega
+    scale = omega / global_grad_norm(params).clamp_min(1e-12) if normalize else omega
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     flat = torch.cat([g.reshape(-1) for g in grads]) * scale
     _, size = world()
@@ -81,4 +79,3 @@ def average_task_gradients(parameters: list[torch.nn.Parameter], omega: float, *
         count = p.numel()
         p.grad = flat[offset:offset + count].view_as(p).clone()
         offset += count
-    return norm
