@@ -28,13 +28,12 @@ import time
 from pathlib import Path
 
 from pipelines import ray_runtime  # (first: sets Ray's environment before ray is imported)
-from pipelines.pretrain_loop import METRICS, PretrainInputs, pretrain_loop_per_worker
+from pipelines.loop_inputs import METRICS, PretrainInputs, run_pretrain_loop
 from pipelines.stream_spec import StreamSpec
 from unip2 import config_io
 from unip2.data.manifest import MANIFEST_FILE
 from unip2.model.tokenizer import tokenizer_for
-from unip2.pretraining import ENCODER_OF_TASK
-from unip2.run_config import RunConfig, TaskRunConfig, load_run_config
+from unip2.run_config import ENCODER_OF_TASK, RunConfig, TaskRunConfig, load_run_config
 
 # Manifest fields that name where the data was converted from: the same data converted elsewhere keeps its key.
 MANIFEST_PATH_FIELDS = ("annotations", "sources")
@@ -95,7 +94,7 @@ def run_stage1(stage: RunConfig, *, data_root: Path, out: Path, target: Path) ->
 
     inputs = PretrainInputs(stream=StreamSpec.of(stage, data_root),
                             class_names=list(stage.model.class_names.get("imagenet") or []))
-    trainer = torch_trainer(stage, functools.partial(pretrain_loop_per_worker, inputs), name="pretrain",
+    trainer = torch_trainer(stage, functools.partial(run_pretrain_loop, inputs), name="pretrain",
                             storage_path=None, out=out)
     local = checkpoint_to_local(trainer.fit(), out / "last_checkpoint")
     staging = target.with_name(target.name + ".partial")

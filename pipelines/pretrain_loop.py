@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,27 +19,17 @@ import ray.train
 import ray.train.torch
 import torch
 
+from pipelines.loop_inputs import METRICS, PretrainInputs
 from pipelines.step_stream import stream_steps
-from pipelines.stream_spec import StreamSpec
 from unip2.data.row_reader import RowReader
 from unip2.model.tokenizer import TextTokenizer
 from unip2.optim import param_groups_for
-from unip2.pretraining import ENCODER_OF_TASK, EncoderPretraining
+from unip2.pretraining import EncoderPretraining
+from unip2.run_config import ENCODER_OF_TASK
 from unip2.tasks import TASKS
 from unip2.training_setup import learning_rate, set_learning_rate
 
 STATE = "pretrain_state.pt"
-METRICS = "metrics.json"
-
-
-@dataclass(frozen=True)
-class PretrainInputs:
-    """What every worker's stage-1 loop receives (``pipelines.pretrain`` binds it)."""
-
-    stream: StreamSpec
-    """The stage-1 run (its tasks: the encoders' tasks) and its resolved data stream."""
-    class_names: list[str]
-    """The classifier's label names, in label order."""
 
 
 def _optimizers(model: EncoderPretraining, run) -> dict[str, torch.optim.AdamW]:

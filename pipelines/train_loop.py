@@ -8,7 +8,6 @@ ablation each worker normalizes its own task's gradient before the average (``no
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
 import tempfile
 import time
 from collections import Counter, defaultdict
@@ -18,8 +17,8 @@ import ray.train.torch
 import torch
 
 import unip2
+from pipelines.loop_inputs import LoopInputs
 from pipelines.step_stream import stream_steps
-from pipelines.stream_spec import StreamSpec
 from pipelines.train_checkpoint import load_checkpoint, save_checkpoint
 from unip2.distributed import gather_with_grad
 from unip2.model.tokenizer import TextTokenizer
@@ -28,31 +27,6 @@ from unip2.tasks import TASKS
 from unip2.tasks.base import local_gather
 from unip2.training_setup import TaskLoss, compile_model, learning_rate, optimizer_for, set_learning_rate
 from unip2.training_step import TrainingStep
-
-
-class LoopHooks:
-    """Callbacks into the loop at each step; a normal run has these no-ops. Tests pass a subclass to
-    ``pipelines.trainer.fit(hooks=...)`` to inject a failure or a non-finite loss, or to record what each
-    worker trained."""
-
-    def before_step(self, step: int, rank: int) -> None:
-        """Called as a worker enters ``step`` (before its batch is used)."""
-
-    def on_batch(self, step: int, rank: int, task: str, batch: dict) -> None:
-        """The collated batch a worker trains at ``step``."""
-
-    def on_loss(self, step: int, loss: torch.Tensor) -> torch.Tensor:
-        """The loss before backward; what this returns is what trains."""
-        return loss
-
-
-@dataclass(frozen=True)
-class LoopInputs:
-    """Everything a worker's loop receives (``pipelines.trainer`` binds it)."""
-
-    stream: StreamSpec
-    """The run config and its resolved data stream."""
-    hooks: LoopHooks = field(default_factory=LoopHooks)
 
 
 def train_loop_per_worker(inputs: LoopInputs) -> None:

@@ -1,4 +1,4 @@
-"""Launching ``train_loop_per_worker`` with Ray Train's TorchTrainer, sized for the cluster at hand."""
+"""Launching the per-worker training loop with Ray Train's TorchTrainer, sized for the cluster at hand."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from ray.train.torch import TorchTrainer
 
 from pipelines import ray_runtime
 from pipelines.stream_spec import StreamSpec
-from pipelines.train_loop import LoopHooks, LoopInputs, train_loop_per_worker
+from pipelines.loop_inputs import LoopHooks, LoopInputs, run_train_loop
 from unip2.run_config import RunConfig
 
 
@@ -49,7 +49,7 @@ def make_trainer(run: RunConfig, *, out: Path, data_root: Path, callbacks: list 
     """``callbacks``: Ray Train callbacks of this run (Tune trials pass their progress reporter); ``hooks``:
     callbacks into every worker's loop (tests inject faults and trace steps with them)."""
     inputs = LoopInputs(stream=StreamSpec.of(run, data_root), hooks=hooks or LoopHooks())
-    return torch_trainer(run, functools.partial(train_loop_per_worker, inputs), name=out.name,
+    return torch_trainer(run, functools.partial(run_train_loop, inputs), name=out.name,
                          storage_path=run.scale.storage_path, out=out, callbacks=callbacks)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import ray.cloudpickle
 import torch
 
-from pipelines.train_loop import LoopHooks
+from pipelines.loop_inputs import LoopHooks
 
 
 class FaultHooks(LoopHooks):

@@ -18,18 +18,18 @@ import time
 
 _IMPORT_STARTED = time.time()  # a trial actor imports this module first: the start of its imports
 
+import importlib  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
+import threading  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import ray.tune  # noqa: E402
 
-from pipelines.evaluation import evaluate  # noqa: E402
 from pipelines.ray_runtime import cluster_has_gpus  # noqa: E402
 from pipelines.run_setup import prepare_run  # noqa: E402
-from pipelines.train_checkpoint import read_state  # noqa: E402
 from pipelines.trainer import make_trainer  # noqa: E402
 from tune.objective import FLOOR, OBJECTIVE, PROGRESS, relative_objective, task_scores  # noqa: E402
 from tune.progress_report import ProgressReport, step_progress  # noqa: E402
@@ -39,6 +39,17 @@ from tune.trial_timeline import TrialClock, process_started  # noqa: E402
 from unip2.run_config import load_run_config  # noqa: E402
 
 _IMPORTED = time.time()
+
+# The evaluation's code (the model, timm, transformers: ~3 s in a fresh process) is needed only once training is
+# done: a trial imports it in the background while Ray Train starts its workers, not before it can launch them.
+_EVALUATION_CODE = "pipelines.evaluation"
+
+
+def _import_evaluation_in_background() -> threading.Thread:
+    thread = threading.Thread(target=importlib.import_module, args=(_EVALUATION_CODE,), daemon=True,
+                              name="import-evaluation")
+    thread.start()
+    return thread
 
 
 @dataclass
@@ -93,6 +104,7 @@ def train_and_evaluate(setup: TrialSetup, params: dict, out: Path, *, callbacks:
     started = time.time()
     trainer = make_trainer(run, out=out, data_root=data_root, callbacks=callbacks)
     clock.mark("trainer_built")
+    evaluation_code = _import_evaluation_in_background()  # after the launch's own imports: none run alongside it
     try:
         result = trainer.fit()
     except Exception:
@@ -105,6 +117,10 @@ def train_and_evaluate(setup: TrialSetup, params: dict, out: Path, *, callbacks:
     if stopped():
         return None
     trained = time.time()
+    evaluation_code.join()
+    from pipelines.evaluation import evaluate
+    from pipelines.train_checkpoint import read_state
+
     evaluation_settings = setup.evaluation
     with result.checkpoint.as_directory() as directory:
         history = read_state(directory)["history"]

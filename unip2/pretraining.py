@@ -31,9 +31,8 @@ from transformers import AutoModelForMaskedLM  # noqa: E402
 from unip2.config import ModelConfig  # noqa: E402
 from unip2.model.text_encoder import quiet_transformers, random_config  # noqa: E402
 from unip2.model.tokenizer import TextTokenizer  # noqa: E402
+from unip2.run_config import ENCODER_OF_TASK  # noqa: E402
 
-# Stage 1 task → the encoder it trains.
-ENCODER_OF_TASK = {"classification": "image", "language_modelling": "text"}
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
 
 

@@ -170,6 +170,8 @@ class ScaleConfig:
 
 
 ENCODERS = ("image", "text")
+# Stage 1: the task that trains each encoder.
+ENCODER_OF_TASK = {"classification": "image", "language_modelling": "text"}
 
 
 @dataclass

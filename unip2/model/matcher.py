@@ -14,7 +14,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.optimize import linear_sum_assignment
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
@@ -113,6 +112,9 @@ class HungarianMatcher(nn.Module):
         empty = torch.empty(0, dtype=torch.long)
         if max(sizes, default=0) == 0:
             return [(empty, empty.clone()) for _ in sizes]
+        # scipy.optimize takes 0.2 s to import: only training needs it, not every process that imports the tasks
+        from scipy.optimize import linear_sum_assignment
+
         cost = self.cost_matrix(outputs, targets).cpu().numpy()
         indices = []
         for image, size in enumerate(sizes):
