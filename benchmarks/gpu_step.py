@@ -6,7 +6,8 @@
     python benchmarks/gpu_step.py --device cpu --preset tiny --steps 3   # CPU smoke (any machine)
 
 A step is what ``pipelines/train_loop.py`` does per step on one worker, without DDP: collate (host →
-device), forward + backward under bf16 autocast (on CUDA), MT-AdamW step. Inputs are real task batches of
+device), forward + backward under the run's ``train.precision`` (``--precision``; bf16 autocast where the
+hardware has it, CPUs with AVX512-BF16 or AMX included), MT-AdamW step. Inputs are real task batches of
 the synthetic shapes world, made by each task's own ``preprocess`` at the run config's per-task batch and
 image sizes (``--config``, default ``pipelines/configs/<preset>.yaml``, ``default.yaml`` for tiny). Label
 spaces and the vocabulary are padded to the real datasets' sizes (ImageNet 1000, COCO 80, RoBERTa 50265
@@ -14,13 +15,13 @@ tokens), because classification and captioning encode every candidate at every s
 
 FLOPs of one step are counted by ``torch.utils.flop_counter.FlopCounterMode`` (matmuls, convolutions,
 attention; not grid_sample, norms or element-wise ops), so MFU = counted FLOPs × steps/s / peak.
-``--peak-tflops`` defaults to 989 (H100/H200 SXM bf16 dense) on CUDA and to a measured matmul on CPU.
+``--peak-tflops`` defaults to 989 (H100/H200 SXM bf16 dense) on CUDA with bf16, 495 with fp32 (TF32 dense), and to a
+measured matmul in the step's precision on CPU.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import resource
 import sys
@@ -39,6 +40,7 @@ from unip2.data.prepare import prepare
 from unip2.data.row_reader import RowReader
 from unip2.data.synthetic import SyntheticConfig, generate
 from unip2.model.tokenizer import TextTokenizer, tokenizer_for
+from unip2.precision import PRECISIONS, autocast, resolve_precision
 from unip2.run_config import RunConfig, TaskRunConfig, load_run_config
 from unip2.tasks import TASKS
 from unip2.tasks.base import input_options
@@ -47,6 +49,7 @@ from unip2.training_step import TrainingStep
 
 ROOT = Path(__file__).resolve().parents[1]
 H100_BF16_DENSE_TFLOPS = 989.0
+H100_TF32_DENSE_TFLOPS = 495.0
 # Sizes of the real label spaces and vocabulary (what a BASE run on COCO + ImageNet encodes per step).
 REAL_LABEL_SPACES = {"imagenet": 1000, "coco": 80}
 CONFIG_OF_PRESET = {"tiny": "default.yaml", "base": "base.yaml", "large": "large.yaml"}
@@ -65,7 +68,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--peak-tflops", type=float, help="device peak for MFU (default: 989 on CUDA, a "
                                                           "measured matmul on CPU)")
     parser.add_argument("--measure-peak", action="store_true", help="use a measured matmul as the peak")
-    parser.add_argument("--no-bf16", action="store_true", help="fp32 on CUDA (bf16 autocast is the default)")
+    parser.add_argument("--precision", choices=PRECISIONS, help="bf16 autocast or fp32 (default: the config's "
+                                                                 "train.precision; auto = bf16 where native)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the backbone and the decoder")
     parser.add_argument("--real-sizes", choices=["auto", "on", "off"], default="auto",
                         help="pad label spaces and vocabulary to the real datasets' sizes (auto: not for tiny)")
@@ -109,9 +113,9 @@ def build(run: RunConfig, manifest_names: dict[str, list[str]], *, real_sizes: b
 
 
 def measured_peak_tflops(device: torch.device, bf16: bool) -> float:
-    """Best of a few large matmuls, in TFLOP/s (bf16 on CUDA unless disabled, fp32 on CPU)."""
+    """Best of a few large matmuls, in TFLOP/s, in the step's precision (bf16 or fp32)."""
     n, repeats = (8192, 10) if device.type == "cuda" else (768, 2)
-    dtype = torch.bfloat16 if (device.type == "cuda" and bf16) else torch.float32
+    dtype = torch.bfloat16 if bf16 else torch.float32
     a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
     best = 0.0
     for _ in range(3):
@@ -200,7 +204,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for name in tasks:  # a task the config leaves out runs with the default batch at the model's image size
         run.tasks.setdefault(name, TaskRunConfig())
-    bf16 = device.type == "cuda" and not args.no_bf16
+    precision = resolve_precision(args.precision or run.train.precision, device,
+                                  field="--precision" if args.precision else "train.precision")
+    bf16 = precision == "bf16"
     real_sizes = args.real_sizes == "on" or (args.real_sizes == "auto" and args.preset != "tiny")
 
     started = time.time()
@@ -210,23 +216,23 @@ def main(argv: list[str] | None = None) -> int:
         batches = {name: task_batch(name, run, root, model.tokenizer) for name in tasks}
     optimizer = build_optimizer(model, name="mt_adamw", lr=run.optim.lr, betas=run.optim.betas, eps=run.optim.eps,
                                 weight_decay=run.optim.weight_decay, backbone_lr_scale=run.optim.backbone_lr_scale)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     # ω = s = 1 for every task: the timing is of one task's step, not of the mix.
     train_step = TrainingStep(loss_module=TaskLoss(model), optimizer=optimizer, omegas=dict.fromkeys(tasks, 1.0),
-                              ratios=dict.fromkeys(tasks, 1.0), autocast=autocast)
+                              ratios=dict.fromkeys(tasks, 1.0), autocast=autocast(precision, device))
     steps = {name: make_step(name, batches[name], train_step=train_step, device=device) for name in tasks}
     flops = {name: count_flops(steps[name]) for name in tasks}  # eager, before any compilation
     if args.compile:  # in place (state_dict keys unchanged), the two big stacks, as train.compile would
         compile_model(model)
     measured = args.measure_peak or (args.peak_tflops is None and device.type != "cuda")
-    peak = measured_peak_tflops(device, bf16) if measured else (args.peak_tflops or H100_BF16_DENSE_TFLOPS)
+    given = H100_BF16_DENSE_TFLOPS if bf16 else H100_TF32_DENSE_TFLOPS
+    peak = measured_peak_tflops(device, bf16) if measured else (args.peak_tflops or given)
     params = sum(p.numel() for p in model.parameters())
     header = {"preset": args.preset, "device": str(device),
               "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-              "bf16": bf16, "compile": args.compile, "parameters_m": params / 1e6, "peak_tflops": peak,
+              "precision": precision, "bf16": bf16, "compile": args.compile, "parameters_m": params / 1e6, "peak_tflops": peak,
               "peak_measured": measured, "real_sizes": real_sizes, "vocab_size": model.tokenizer.vocab_size,
               "setup_s": time.time() - started, "torch": torch.__version__, "steps": args.steps}
-    print(f"[gpu_step] {args.preset}: {params / 1e6:.1f}M parameters on {header['device_name']}, bf16={bf16}, "
+    print(f"[gpu_step] {args.preset}: {params / 1e6:.1f}M parameters on {header['device_name']}, {precision}, "
           f"compile={args.compile}, peak {peak:.2f} TFLOP/s ({'measured' if measured else 'given'})", flush=True)
     results = {}
     for name in tasks:

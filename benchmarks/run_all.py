@@ -18,6 +18,7 @@ is recorded as failed and the rest still run.
 | flops_utilization | fwd+bwd FLOP/s (FlopCounterMode) / matmul peak FLOP/s | >= 0.4 |
 | data_ingest_ratio | Ray Data rows/s / DataLoader rows/s, same CPUs | >= 1.0 |
 | train_overhead_ratio | Ray Train step (2 workers) / bare torch DDP step | <= 1.05 |
+| bf16_step_speedup | the default run's Ray Train step in fp32 / in bf16 (`train.precision`) | >= 1.5 |
 | serve_batching_gain | Serve req/s with dynamic batching / max_batch_size=1, 16 clients | >= 0.9 × the model's own gain |
 | serve_overhead_ms | Serve p50 − direct call p50, 1 client | <= 5 |
 | serve_throughput_ratio | Serve req/s, 16 clients / direct batched req/s, same images | >= 0.8 |
@@ -41,8 +42,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipelines import ray_runtime  # noqa: E402  (Ray's environment, before ray is imported)
-from benchmarks import (data_ingest, default_run, flops, optimizer_step, serve_batching,  # noqa: E402
-                        train_overhead, tune_overhead)
+from benchmarks import (data_ingest, default_run, flops, optimizer_step, precision_step,  # noqa: E402
+                        serve_batching, train_overhead, tune_overhead)
 from benchmarks.results_table import failed, markdown_table, write_results  # noqa: E402
 
 # name → (keys it reports, needs our Ray, full sizes, --quick sizes)
@@ -52,6 +53,8 @@ JOBS = {
     "data_ingest": ((data_ingest.KEY,), True, dict(steps=200, rounds=3), dict(steps=80, rounds=1)),
     "train_overhead": ((train_overhead.KEY,), True, dict(steps=100, log_every=10, rounds=2),
                        dict(steps=40, log_every=10, rounds=1)),
+    "precision": ((precision_step.KEY,), True, dict(steps=60, log_every=10, rounds=2),
+                  dict(steps=40, log_every=10, rounds=1)),
     "serve": ((serve_batching.GAIN[0], serve_batching.OVERHEAD[0], serve_batching.THROUGHPUT[0],
                serve_batching.BEYOND_RAY_SERVE[0]), True,
               dict(requests=160), dict(requests=64)),
@@ -63,6 +66,7 @@ JOBS = {
 MEASURES = {optimizer_step.KEY: (optimizer_step.MEASURE, optimizer_step.GOAL), flops.KEY: (flops.MEASURE, flops.GOAL),
             data_ingest.KEY: (data_ingest.MEASURE, data_ingest.GOAL),
             train_overhead.KEY: (train_overhead.MEASURE, train_overhead.GOAL),
+            precision_step.KEY: (precision_step.MEASURE, precision_step.GOAL),
             serve_batching.GAIN[0]: serve_batching.GAIN[1:], serve_batching.OVERHEAD[0]: serve_batching.OVERHEAD[1:],
             serve_batching.THROUGHPUT[0]: serve_batching.THROUGHPUT[1:],
             serve_batching.BEYOND_RAY_SERVE[0]: serve_batching.BEYOND_RAY_SERVE[1:],
@@ -82,6 +86,8 @@ def call(name: str, sizes: dict, data_root: Path, cpus: int) -> list[dict]:
         return [data_ingest.run(data_root, cpus=cpus, **sizes)]
     if name == "train_overhead":
         return [train_overhead.run(data_root, **sizes)]
+    if name == "precision":
+        return [precision_step.run(data_root, **sizes)]
     if name == "serve":
         return serve_batching.run(**sizes)
     if name == "tune_overhead":
@@ -115,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="folder for results.json and results.md")
     parser.add_argument("--quick", action="store_true", help="smaller sizes (~10 minutes on 2 idle cores)")
     parser.add_argument("--only", help="comma-separated keys or job names (optimizer, flops, data_ingest, "
-                                       "train_overhead, serve, tune_overhead, default_run)")
+                                       "train_overhead, precision, serve, tune_overhead, default_run)")
     parser.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray (and DataLoader workers)")
     args = parser.parse_args(argv)
     jobs = selected(args.only)

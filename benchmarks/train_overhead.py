@@ -70,6 +70,7 @@ def _bare_worker(rank: int, world_size: int, port: int, spec, out: str) -> None:
     from benchmarks.data_ingest import StepDataset, keep_numpy
     from unip2.distributed import gather_with_grad
     from unip2.model.tokenizer import TextTokenizer
+    from unip2.precision import autocast, resolve_precision
     from unip2.tasks import TASKS
     from unip2.tasks.base import local_gather
     from unip2.training_setup import TaskLoss, learning_rate, optimizer_for, set_learning_rate
@@ -85,7 +86,9 @@ def _bare_worker(rank: int, world_size: int, port: int, spec, out: str) -> None:
     wrapped = DistributedDataParallel(TaskLoss(model), find_unused_parameters=True)
     train_step = TrainingStep(loss_module=wrapped, optimizer=optimizer, ratios=run.sampling_ratios(),
                               omegas={name: task.omega for name, task in run.tasks.items()},
-                              gather=gather_with_grad if run.train.gather_retrieval else local_gather)
+                              gather=gather_with_grad if run.train.gather_retrieval else local_gather,
+                              autocast=autocast(resolve_precision(run.train.precision, torch.device("cpu")),
+                                                torch.device("cpu")))
     loader = torch.utils.data.DataLoader(StepDataset(spec, rank=rank), batch_size=None, num_workers=1,
                                          collate_fn=keep_numpy, prefetch_factor=run.data.prefetch_steps,
                                          multiprocessing_context="fork")

@@ -65,16 +65,20 @@ class BatchPredictor:
         tasks_by_dataset: {dataset: names of the ``unip2.tasks.TASKS`` that read it}.
         columns_by_dataset: {dataset: the annotation columns it has} (passed to ``preprocess``).
         options: {task name: keyword options of that task's ``predict``} (e.g. ``class_names``).
+        precision: ``auto`` | ``bf16`` | ``fp32``, as ``train.precision`` (``unip2.precision``).
     """
 
     def __init__(self, checkpoint_dir: str, tasks_by_dataset: dict[str, list[str]],
-                 columns_by_dataset: dict[str, list[str]], options: dict[str, dict[str, Any]]):
+                 columns_by_dataset: dict[str, list[str]], options: dict[str, dict[str, Any]],
+                 precision: str = "auto"):
         import torch
 
         import unip2
+        from unip2.precision import resolve_precision
         from unip2.tasks import TASKS
 
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.precision = resolve_precision(precision, torch.device(self.device), field="precision")
         self.model = unip2.load(checkpoint_dir, device=self.device).eval()
         self.tasks = {dataset: [TASKS[name] for name in names] for dataset, names in tasks_by_dataset.items()}
         self.columns = columns_by_dataset
@@ -113,10 +117,13 @@ class BatchPredictor:
         arrays, good, reasons = task.preprocess_decodable(
             rows, **input_options(self.model.config.task_input_settings(task.name)), tokenizer=self.model.tokenizer,
             train=False, rng=np.random.default_rng(0))
+        from unip2.precision import autocast
+
         predictions = []
         if arrays is not None:
-            predictions = task.predict(self.model, task.collate(arrays, device=self.device),
-                                       **self.options.get(task.name, {}))
+            with autocast(self.precision, self.model.pixel_mean.device):
+                predictions = task.predict(self.model, task.collate(arrays, device=self.device),
+                                           **self.options.get(task.name, {}))
         by_row = dict(zip(good, predictions))
         return [by_row[i] if i in by_row else {"image_id": int(rows["image_id"][i]), "skipped": reasons[i]}
                 for i in range(len(rows["image"]))]

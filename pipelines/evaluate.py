@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `pipelines` impo
 from pipelines import ray_runtime  # noqa: E402  (sets Ray's environment before ray is imported)
 from pipelines.evaluation import evaluate, plan_evaluation, read_class_names  # noqa: E402
 from pipelines.train_checkpoint import training_data_root  # noqa: E402
+from unip2.precision import PRECISIONS  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-images", type=int, default=None, help="only the first N rows of each split")
     parser.add_argument("--num-cpus", type=float, default=0.5, help="CPUs per actor on a cluster without GPUs")
     parser.add_argument("--fast", action="store_true", help="skip METEOR (a ~10 s Java process)")
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
+                        help="bf16 autocast or fp32, as train.precision (auto: bf16 where the hardware has it)")
     args = parser.parse_args(argv)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
     try:
@@ -73,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         metrics = evaluate(args.checkpoint, data, split=args.split, tasks=tasks, out_dir=args.out,
                            class_names=class_names, concurrency=args.concurrency, batch_size=args.batch_size,
-                           max_images=args.max_images, num_cpus=args.num_cpus, meteor=not args.fast)
+                           max_images=args.max_images, num_cpus=args.num_cpus, meteor=not args.fast,
+                           precision=args.precision)
     finally:
         ray_runtime.disconnect()
     print(json.dumps(metrics, indent=2))

@@ -153,7 +153,7 @@ def evaluate(checkpoint_dir: str | Path, data_root: str | Path, *, split: str = 
              tasks: list[str] | None = None, out_dir: str | Path,
              class_names: dict[str, list[str]] | list[str] | None = None, concurrency: int = 1,
              batch_size: int = 16, max_images: int | None = None, num_cpus: float = 0.5,
-             meteor: bool = True, in_process: bool = False) -> dict:
+             meteor: bool = True, in_process: bool = False, precision: str = "auto") -> dict:
     """Evaluate a checkpoint on ``split`` of a converted data folder; Ray must already be initialized
     (unless ``in_process``).
 
@@ -175,6 +175,7 @@ def evaluate(checkpoint_dir: str | Path, data_root: str | Path, *, split: str = 
         in_process: predict in this process (``predict_in_process``: the same rows, batches and predictions,
             ``num_cpus`` threads) instead of a Ray Data pipeline and actor, whose start costs ~15 s on
             2 CPUs: for small splits evaluated where this process may use the CPU (sweep trials).
+        precision: the predictors' ``train.precision`` (auto: bf16 where the hardware has it natively).
     Returns:
         The content of ``metrics.json``: {task: metrics} for each evaluated task and {``<task>_<dataset>``:
         metrics} for each zero-shot split evaluated, plus "zero_shot" {key: {"task", "dataset", "split"}},
@@ -200,7 +201,7 @@ def evaluate(checkpoint_dir: str | Path, data_root: str | Path, *, split: str = 
     tables = predict(plan.checkpoint_dir,
                      {d: split_files(plan.data_root, d, s) for d, s in dataset_split.items()},
                      dict(by_dataset), options, batch_size=batch_size, concurrency=concurrency,
-                     max_images=max_images, num_cpus=num_cpus)
+                     max_images=max_images, num_cpus=num_cpus, precision=precision)
 
     manifest = plan.manifest
     instances = manifest.get("annotations", {}).get("instances", {}).get(split)
@@ -251,7 +252,7 @@ def evaluate(checkpoint_dir: str | Path, data_root: str | Path, *, split: str = 
 
 def predict_splits(checkpoint_dir: Path, files: dict[str, list[Path]], tasks_by_dataset: dict[str, list[str]],
                    options: dict, *, batch_size: int, concurrency: int, max_images: int | None,
-                   num_cpus: float) -> dict[str, pa.Table]:
+                   num_cpus: float, precision: str = "auto") -> dict[str, pa.Table]:
     """Ray Data: every dataset's split, read and unioned into one stream → ``BatchPredictor`` actors →
     {dataset: its output rows, in row order}. One pipeline, so each actor loads the checkpoint once."""
     import ray
@@ -275,7 +276,8 @@ def predict_splits(checkpoint_dir: Path, files: dict[str, list[Path]], tasks_by_
         rows = rows.map_batches(
             BatchPredictor, fn_constructor_kwargs={"checkpoint_dir": str(checkpoint_dir),
                                                    "tasks_by_dataset": tasks_by_dataset,
-                                                   "columns_by_dataset": columns, "options": options},
+                                                   "columns_by_dataset": columns, "options": options,
+                                                   "precision": precision},
             batch_size=batch_size, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=concurrency),
             udf_modifying_row_count=False, **({"num_gpus": 1} if cluster_has_gpus() else {"num_cpus": num_cpus}))
         batches = [b for b in rows.iter_batches(batch_size=None, batch_format="pyarrow") if b.num_rows]
@@ -288,7 +290,7 @@ def predict_splits(checkpoint_dir: Path, files: dict[str, list[Path]], tasks_by_
 
 def predict_in_process(checkpoint_dir: Path, files: dict[str, list[Path]], tasks_by_dataset: dict[str, list[str]],
                        options: dict, *, batch_size: int, concurrency: int, max_images: int | None,
-                       num_cpus: float) -> dict[str, pa.Table]:
+                       num_cpus: float, precision: str = "auto") -> dict[str, pa.Table]:
     """``predict_splits`` without Ray: the same rows (each split's first ``max_images``, in order) through one
     ``BatchPredictor`` here, with the torch threads Ray would give its actor (``num_cpus``, at least 1);
     ``concurrency`` is not used. Batches of ``batch_size`` never mix datasets, as in the Ray Data stream
@@ -299,7 +301,7 @@ def predict_in_process(checkpoint_dir: Path, files: dict[str, list[Path]], tasks
     annotations = annotation_columns()
     columns = {dataset: [name for name in annotations if name in pq.read_schema(paths[0]).names]
                for dataset, paths in files.items()}
-    predictor = BatchPredictor(str(checkpoint_dir), tasks_by_dataset, columns, options)
+    predictor = BatchPredictor(str(checkpoint_dir), tasks_by_dataset, columns, options, precision=precision)
     tables = {}
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, int(num_cpus)))

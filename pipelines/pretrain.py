@@ -75,6 +75,7 @@ def cache_key(stage: RunConfig, data_root: Path) -> str:
         "pixels": [list(stage.model.pixel_mean), list(stage.model.pixel_std)],
         "pretrain": config_io.to_dict(stage.pretrain), "tasks": {name: config_io.to_dict(task) for name, task in stage.tasks.items()},
         "steps": stage.train.steps, "seed": stage.train.seed, "workers": stage.scale.num_workers,
+        "precision": stage.train.precision,
         "classes": stage.model.class_names.get("imagenet"),
         "data": {k: v for k, v in json.loads((data_root / MANIFEST_FILE).read_text()).items()
                  if k not in MANIFEST_PATH_FIELDS},

@@ -24,6 +24,7 @@ from pipelines.step_stream import stream_steps
 from unip2.data.row_reader import RowReader
 from unip2.model.tokenizer import TextTokenizer
 from unip2.optim import param_groups_for
+from unip2.precision import autocast, resolve_precision
 from unip2.pretraining import EncoderPretraining
 from unip2.run_config import ENCODER_OF_TASK
 from unip2.tasks import TASKS
@@ -76,6 +77,7 @@ def pretrain_loop_per_worker(inputs: PretrainInputs) -> None:
         if rank == 0:
             print(f"[pretrain] resumed at step {state['step']}", flush=True)
     wrapped = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True})
+    precision = resolve_precision(run.train.precision, device)
 
     total, window = run.train.steps, {task: [0.0, 0, 0, 0] for task in run.tasks}  # loss sum, steps, right, n
     started = window_start = time.time()
@@ -90,7 +92,8 @@ def pretrain_loop_per_worker(inputs: PretrainInputs) -> None:
         set_learning_rate(optimizers[task], learning_rate(
             state["task_steps"][task], total_steps=planned, peak=_peak(run, task),
             warmup_steps=int(run.pretrain.warmup_fraction * planned), min_ratio=0.0))
-        loss, right, count = wrapped(task, batch)
+        with autocast(precision, device):
+            loss, right, count = wrapped(task, batch)
         model.zero_grad(set_to_none=True)
         loss.backward()
         if run.pretrain.max_grad_norm > 0:

@@ -69,7 +69,8 @@ def train_and_evaluate(args: argparse.Namespace, run: RunConfig, out: Path, data
     if not args.no_eval:
         from pipelines.evaluation import evaluate
 
-        summary["evaluation"] = evaluate(final, data_root, split="val", tasks=list(run.tasks), out_dir=out)
+        summary["evaluation"] = evaluate(final, data_root, split="val", tasks=list(run.tasks), out_dir=out,
+                                         precision=run.train.precision)
     summary["wall_seconds"] = time.time() - started
     (out / "train_summary.json").write_text(json.dumps(summary, indent=2, default=str))
     print(f"[train] done in {summary['wall_seconds']:.0f} s. Checkpoint: {final}\n"

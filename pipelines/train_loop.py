@@ -7,7 +7,6 @@ ablation each worker normalizes its own task's gradient before the average (``no
 
 from __future__ import annotations
 
-import contextlib
 import tempfile
 import time
 from collections import Counter, defaultdict
@@ -22,6 +21,7 @@ from pipelines.step_stream import stream_steps
 from pipelines.train_checkpoint import load_checkpoint, save_checkpoint
 from unip2.distributed import gather_with_grad
 from unip2.model.tokenizer import TextTokenizer
+from unip2.precision import autocast, describe, resolve_precision
 from unip2.run_config import RunConfig
 from unip2.tasks import TASKS
 from unip2.tasks.base import local_gather
@@ -68,11 +68,13 @@ def train_loop_per_worker(inputs: LoopInputs) -> None:
     wrapped = ray.train.torch.prepare_model(
         TaskLoss(model), parallel_strategy_kwargs={"find_unused_parameters": True})
     gather = gather_with_grad if (run.train.gather_retrieval and run.train.sampling == "unmixed") else local_gather
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if on_gpu and run.train.bf16
-                else contextlib.nullcontext())
+    precision = resolve_precision(run.train.precision, device)
+    if rank == 0 and state["step"] == 0:
+        print(f"[train] precision {precision} on {describe(device)}", flush=True)
     train_step = TrainingStep(loss_module=wrapped, optimizer=optimizer, ratios=run.sampling_ratios(),
                               omegas={name: task.omega for name, task in run.tasks.items()},
-                              mixed=run.train.sampling == "mixed" and world_size > 1, gather=gather, autocast=autocast)
+                              mixed=run.train.sampling == "mixed" and world_size > 1, gather=gather,
+                              autocast=autocast(precision, device))
 
     # -------------------------------------------------------------------------------------- loop
     total = run.train.steps

@@ -16,6 +16,7 @@ them; ``serve/config.yaml`` passes them as ``args``.
 import hashlib
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from ray.serve import Application
@@ -62,6 +63,8 @@ class AppArgs(BaseModel):
     torch_threads: int | None = Field(None, ge=1, description="intra-op threads (default: model_num_cpus, "
                                                               "rounded down, at least 1)")
     warmup: bool = Field(True, description="run every route once at start-up")
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="bf16 autocast or fp32, as train.precision (auto: bf16 where the hardware has it)")
     access_log: bool = Field(True, description="log every request in the replica's log (Serve's access log)")
     token_env: str = Field("UNIP2_SERVE_TOKEN", description="environment variable holding the bearer token")
 
@@ -111,4 +114,4 @@ def build_app(args: AppArgs) -> Application:
            adaptive_wait=args.adaptive_wait, max_ongoing_requests=max_ongoing,
            max_queued_requests=args.max_queued_requests, gallery=gallery,
            torch_threads=args.torch_threads or max(1, int(args.model_num_cpus)), decode_threads=args.decode_threads,
-           warmup=args.warmup)
+           warmup=args.warmup, precision=args.precision)

@@ -27,6 +27,7 @@ import torch
 from ray import serve
 
 from serve.model_clock import ModelClock
+from unip2.precision import autocast
 from unip2.tasks import Task
 from unip2.tasks.routes import Route, ServeContext, ServeRequest
 
@@ -47,8 +48,10 @@ class BatchQueues:
     """The batch queues of ``routes`` (path → (task, route)) over ``model``."""
 
     def __init__(self, model, routes: dict[str, tuple[Task, Route]], contexts: dict[str, ServeContext], *,
-                 max_batch_size: int, batch_wait_timeout_s: float, adaptive_wait: bool):
+                 max_batch_size: int, batch_wait_timeout_s: float, adaptive_wait: bool, precision: str = "fp32"):
+        """precision: a resolved one (``unip2.precision.resolve_precision``), bf16 or fp32."""
         self.model = model
+        self.precision = precision
         self.routes = routes
         self.contexts = contexts
         self.max_batch_size = max_batch_size
@@ -146,7 +149,7 @@ class BatchQueues:
         task, route = self.routes[path]
         started = time.perf_counter()
         try:
-            with torch.no_grad():
+            with torch.no_grad(), autocast(self.precision, self.model.pixel_mean.device):
                 answers = getattr(task, route.answer)(self.model, requests, self.context(path))
             if len(answers) != len(requests):
                 raise RuntimeError(f"{task.name}.{route.answer} returned {len(answers)} answers for "

@@ -30,6 +30,7 @@ from serve.preprocessing import Preprocessor
 from serve.request_models import params_model, warm_up_params
 from serve.requests import ImageField, Limits, parse_request, read_body
 from serve.timing import HEADER as TIMING_HEADER, RequestTiming
+from unip2.precision import resolve_precision
 from unip2.tasks import TASKS
 from unip2.tasks.base import input_options
 from unip2.tasks.routes import ServeRequest
@@ -42,8 +43,9 @@ class ModelReplica:
                  token_sha256: str | None = None, max_batch_size: int = 16, batch_wait_timeout_s: float = 0.05,
                  adaptive_wait: bool = True, max_ongoing_requests: int = 32, max_queued_requests: int = 64,
                  gallery: dict | None = None, torch_threads: int | None = None, decode_threads: int = 2,
-                 warmup: bool = True):
+                 warmup: bool = True, precision: str = "auto"):
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        precision = resolve_precision(precision, torch.device(self.device), field="precision")
         torch.set_num_threads(torch_threads or _default_threads())
         self.model = unip2.load(checkpoint, device=self.device).eval()
         self.replica = serve.get_replica_context().replica_id.to_full_id_str()
@@ -58,7 +60,8 @@ class ModelReplica:
                                          threads=decode_threads)
         self.admission = Admission(ongoing=max_ongoing_requests, queued=max_queued_requests)
         self.queues = BatchQueues(self.model, self.routes, {}, max_batch_size=max_batch_size,
-                                  batch_wait_timeout_s=batch_wait_timeout_s, adaptive_wait=adaptive_wait)
+                                  batch_wait_timeout_s=batch_wait_timeout_s, adaptive_wait=adaptive_wait,
+                                  precision=precision)
         if warmup:
             self._warm_up()
         if gallery:

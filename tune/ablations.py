@@ -173,7 +173,8 @@ def reevaluate(folder: Path, evaluation: EvaluationSettings) -> None:
     run = load_run_config(folder / "run_config.yaml")
     metrics = evaluate(final_checkpoint(folder), run.data.root, split=evaluation.split, tasks=list(run.tasks),
                        out_dir=folder / "evaluation", max_images=evaluation.max_images, meteor=evaluation.meteor,
-                       num_cpus=evaluation.num_cpus, batch_size=evaluation.batch_size)
+                       num_cpus=evaluation.num_cpus, batch_size=evaluation.batch_size,
+                       precision=run.train.precision)
     measured = json.loads((folder / "trial.json").read_text())
     measured |= {"scores": task_scores(metrics, list(run.tasks)), "eval_s": time.time() - started,
                  "evaluation_settings": asdict(evaluation)}

@@ -129,7 +129,7 @@ def train_and_evaluate(setup: TrialSetup, params: dict, out: Path, *, callbacks:
                               tasks=list(run.tasks), out_dir=out / "evaluation",
                               max_images=evaluation_settings.max_images, meteor=evaluation_settings.meteor,
                               num_cpus=evaluation_settings.num_cpus, batch_size=evaluation_settings.batch_size,
-                              in_process=not cluster_has_gpus())
+                              in_process=not cluster_has_gpus(), precision=run.train.precision)
     measured = {"params": params, "scores": task_scores(evaluation, list(run.tasks)),
                 "losses": {entry["step"]: {k: v for k, v in entry.items() if k.startswith("loss/")}
                            for entry in history},

@@ -124,8 +124,11 @@ class TrainingConfig:
     """Steps between checkpoints (and always at the end)."""
     max_bad_steps: int = 5
     """Consecutive non-finite losses after which the run stops."""
-    bf16: bool = True
-    """bf16 autocast when training on GPUs (ignored on CPUs)."""
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    """``auto``: bf16 autocast where the hardware computes bf16 natively (CUDA with bf16; CPUs with AVX512-BF16 or
+    AMX, detected on each worker at start), fp32 elsewhere; ``bf16`` (refused where not native) or ``fp32``. Master
+    weights, the optimizer, scores, softmax, losses and box math stay fp32 (``unip2.precision``). Evaluation takes
+    the same setting."""
     compile: bool = False
     """``torch.compile`` the backbone and the decoder in place (GPU runs: the first step of every new input
     shape compiles; checkpoints keep their plain parameter names)."""
@@ -273,6 +276,16 @@ class RunConfig:
         return list(self.tasks[task].datasets or [TASKS[task].dataset])
 
 
+def upgrade_legacy_fields(data: dict) -> dict:
+    """Fields of earlier versions, as saved in their checkpoints' run configs: ``train.bf16`` (bf16 on GPUs) is
+    ``train.precision`` now (true → auto, false → fp32)."""
+    train = data.get("train")
+    if isinstance(train, dict) and "bf16" in train:
+        bf16 = train.pop("bf16")
+        train["precision"] = "auto" if bf16 else "fp32"
+    return data
+
+
 def load_run_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Defaults ← YAML file ← ``key=value`` overrides; ``model.preset`` picks the starting model config.
 
@@ -292,7 +305,7 @@ def load_run_config(path: str | Path | None = None, overrides: list[str] | None 
     merged = config_io.merge(config_io.to_dict(base), data)
     for name, settings in (tasks or {}).items():  # a task listed without settings takes the defaults
         merged["tasks"][name] = config_io.to_dict(TaskRunConfig()) | (settings or {})
-    merged = config_io.apply_overrides(merged, list(overrides or []))
+    merged = upgrade_legacy_fields(config_io.apply_overrides(merged, list(overrides or [])))
     config = config_io.from_dict(RunConfig, merged)
     config_io.validate(config)
     return config

@@ -9,8 +9,8 @@ import textwrap
 import pytest
 
 from unip2.tasks import TASKS
-from benchmarks import (caption_vocabulary, data_ingest, default_run, flops, optimizer_step, run_all,
-                        train_overhead, tune_overhead)
+from benchmarks import (caption_vocabulary, data_ingest, default_run, flops, optimizer_step, precision_step,
+                        run_all, train_overhead, tune_overhead)
 from benchmarks.results_table import goal_met, markdown_table, result, write_results
 
 ROW_KEYS = {"key", "measure", "ours", "baseline", "ratio", "goal", "unit", "met", "details"}
@@ -64,6 +64,21 @@ def test_data_ingest_streams_the_same_steps_both_ways(embedded_data, ray_local):
     spec = data_ingest.ingest_spec(embedded_data, 3)
     item = data_ingest.StepDataset(spec)[2]
     assert item["step"] == 2 and len(item["batch"]["image_id"]) == spec.run.tasks[item["task"]].batch_size
+
+
+def test_precision_step_trains_both_precisions(embedded_data, ray_local):
+    import torch
+
+    from unip2.precision import bf16_native
+
+    if not bf16_native(torch.device("cpu")):  # this CPU has no native bf16: the benchmark is refused by name
+        with pytest.raises(ValueError, match="train.precision: bf16 asked"):
+            precision_step.run(embedded_data, steps=4, log_every=2, rounds=1)
+        return
+    row = precision_step.run(embedded_data, steps=4, log_every=2, rounds=1)
+    assert_measured(row, "bf16_step_speedup")
+    assert row["ratio"] == row["baseline"] / row["ours"]
+    assert {k: len(v) for k, v in row["details"]["rounds_step_ms"].items()} == {"bf16": 1, "fp32": 1}
 
 
 def test_steady_step_time_leaves_out_the_first_window():

@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 import unip2
 from unip2.config import TextConfig
 from unip2.model.tokenizer import TextTokenizer
+from unip2.precision import resolve_precision
 from unip2.tasks import TASKS
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_step.py"
@@ -30,7 +33,9 @@ def test_cpu_smoke_reports_every_task(tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     report = json.loads(out.read_text())
-    assert report["preset"] == "tiny" and report["device"] == "cpu" and not report["bf16"]
+    assert report["preset"] == "tiny" and report["device"] == "cpu"
+    # default.yaml trains at train.precision auto: bf16 where this CPU computes it natively
+    assert report["precision"] == resolve_precision("auto", torch.device("cpu")) and report["bf16"] == (report["precision"] == "bf16")
     assert report["peak_measured"] and report["peak_tflops"] > 0
     assert list(report["tasks"]) == list(TASKS)  # default.yaml trains every registered task
     for name, figures in report["tasks"].items():

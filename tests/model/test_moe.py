@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from unip2.model.moe import (ATTRIBUTES, ConditionalMoEFFN, attribute_vector, deployment_parameter_count,
-                             group_by_attributes)
+from unip2.model.moe import (ATTRIBUTES, ConditionalMoEFFN, TokenLayout, attribute_vector,
+                             deployment_parameter_count, group_by_attributes)
 
 WIDTH, FFN, EXPERTS, TOP_K = 16, 32, 4, 2
 
@@ -113,3 +113,18 @@ def test_precomputed_groups_give_the_same_output():
     groups = group_by_attributes(attrs)
     assert len(groups.counts) == 2 and sorted(groups.counts) == [3, 3]
     assert torch.allclose(moe(x, attrs, groups), moe(x, attrs), atol=1e-6)
+
+
+def test_a_layout_groups_as_the_rows_do():
+    """The static path (segments of a TokenLayout, no torch.unique) gives the per-token rows' output."""
+    moe = make_moe()
+    layout = (TokenLayout.of(2, token_image=True, token_regional=True, input_image=True)
+              + TokenLayout.of(3, token_text=True, causal=True, input_image=True)
+              + TokenLayout.of(1, token_image=True, token_regional=True, input_image=True))
+    assert len(layout) == 6 and len(layout.rows()) == 2 and [s[1:] for s in layout.spans()] == [(0, 2), (2, 5), (5, 6)]
+    x = torch.randn(2, 6, WIDTH)
+    assert torch.allclose(moe(x, layout), moe(x, layout.tensor(2)), atol=1e-6)
+    with pytest.raises(ValueError, match="describes 6 tokens"):
+        moe(torch.randn(2, 5, WIDTH), layout)
+    with pytest.raises(ValueError, match="unknown attribute"):
+        TokenLayout.of(1, token_video=True)

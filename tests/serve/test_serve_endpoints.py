@@ -27,8 +27,10 @@ def base_url(ray_local, tiny_checkpoint, embedded_data):
     from serve.app import AppArgs, build_app
     from serve.local_run import run_local, stop_local
 
+    # fp32: the answers below are compared across batch compositions to 1e-4, which bf16's rounding does not
+    # promise (the other Serve tests run the default precision, bf16 where the CPU has it).
     args = AppArgs(checkpoint=str(tiny_checkpoint), gallery=str(embedded_data), gallery_split="val",
-                   model_num_cpus=0.5, ingress_num_cpus=0.25, max_batch_size=8)
+                   model_num_cpus=0.5, ingress_num_cpus=0.25, max_batch_size=8, precision="fp32")
     url = run_local(build_app(args), name=APP)
     yield url
     stop_local()

@@ -67,7 +67,7 @@ class ImageTextMatch(Task):
         text = model.encode_text(ids, mask)
         text_attributes = model.attributes(text, token_text=True, **FLAGS)
         padding = torch.cat([torch.zeros(tokens.shape[:2], dtype=torch.bool), mask == 0], dim=1)
-        out = model.decode(torch.cat([tokens, text], 1), torch.cat([attributes, text_attributes], 1),
+        out = model.decode(torch.cat([tokens, text], 1), attributes + text_attributes,
                            padding_mask=padding)["spe"]
         return model.score(out, model.encode_texts(ANSWERS, token_is_target=True, **FLAGS), self.candidate_family)
 

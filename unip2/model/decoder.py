@@ -12,10 +12,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from unip2.config import DecoderConfig
-from unip2.model.moe import ATTRIBUTES, AttributeGroups, ConditionalMoEFFN, group_by_attributes
+from unip2.model.moe import ATTRIBUTES, AttributeGroups, ConditionalMoEFFN, TokenLayout, group_by_attributes
 
 # Token-kind attributes cleared when the <SPE> attributes are derived from the sequence.
-_TOKEN_KIND = [ATTRIBUTES.index(name) for name in ("token_image", "token_text", "token_regional", "token_global")]
+_TOKEN_KIND_NAMES = ("token_image", "token_text", "token_regional", "token_global")
+_TOKEN_KIND = [ATTRIBUTES.index(name) for name in _TOKEN_KIND_NAMES]
 
 
 def prefix_causal_mask(num_prefix: int, num_causal: int, padding: torch.Tensor | None = None) -> torch.Tensor:
@@ -53,11 +54,12 @@ class DecoderLayer(nn.Module):
         self.ffn = ConditionalMoEFFN(width=width, ffn_dim=ffn_dim, num_experts=num_experts, top_k=top_k,
                                      dropout=dropout)
 
-    def forward(self, x: torch.Tensor, attributes: torch.Tensor, attn_mask: torch.Tensor | None,
+    def forward(self, x: torch.Tensor, attributes: torch.Tensor | TokenLayout, attn_mask: torch.Tensor | None,
                 groups: AttributeGroups | None = None) -> torch.Tensor:
         """attn_mask: bool broadcastable to B×1×S×S (True = may attend), or None for full attention.
 
-        groups: ``group_by_attributes(attributes)``, shared by all layers.
+        attributes: the sequence's TokenLayout, or B×S×A rows; groups: ``group_by_attributes`` of the rows,
+        shared by all layers.
         """
         batch, length, width = x.shape
         q, k, v = self.qkv(self.norm1(x)).view(batch, length, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
@@ -97,16 +99,17 @@ class UnifiedDecoder(nn.Module):
                    num_experts=cfg.num_experts if cfg.use_moe else 1,
                    top_k=cfg.top_k if cfg.use_moe else 1, dropout=cfg.dropout)
 
-    def forward(self, tokens: torch.Tensor, attributes: torch.Tensor, *,
+    def forward(self, tokens: torch.Tensor, attributes: torch.Tensor | TokenLayout, *,
                 padding_mask: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
-                spe_attributes: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                spe_attributes: torch.Tensor | TokenLayout | None = None) -> dict[str, torch.Tensor]:
         """Run g over one batch of sequences.
 
-        tokens: B×T×D (position embeddings included); attributes: B×T×A (A = len(ATTRIBUTES)).
+        tokens: B×T×D (position embeddings included); attributes: the sequence's ``TokenLayout`` (the
+            model's tasks: static MoE groups), or B×T×A per-token rows (A = len(ATTRIBUTES)).
         padding_mask: B×T bool, True = padding (hidden from every query; its outputs are meaningless).
         attention_mask: B×T×T (or 1×T×T, T×T) bool, True = token i may attend to token j.
-        spe_attributes: B×A for the <SPE> token; None = the union of the sequence's non-padded
-            attributes with the token-kind bits cleared.
+        spe_attributes: the <SPE> token's (B×A rows, or a one-token TokenLayout with a layout); None = the
+            union of the sequence's attributes (non-padded ones, for rows) with the token-kind bits cleared.
 
         The mask is extended to the <SPE> position (index 0 of the internal sequence) so that
         - <SPE> attends to itself and to every non-padded token, whatever ``attention_mask`` says;
@@ -118,12 +121,18 @@ class UnifiedDecoder(nn.Module):
         Returns {"spe": B×D, "tokens": B×T×D}.
         """
         batch, length, _ = tokens.shape
-        if spe_attributes is None:
-            spe_attributes = self._default_spe_attributes(attributes, padding_mask)
         x = torch.cat([self.spe_token.expand(batch, -1, -1).to(tokens.dtype), tokens], dim=1)  # B×S×D, S = T+1
-        attrs = torch.cat([spe_attributes.unsqueeze(1).to(attributes.dtype), attributes], dim=1)  # B×S×A
         attn_mask = self._full_mask(batch, length, padding_mask, attention_mask, tokens.device)
-        groups = group_by_attributes(attrs) if self.layers[0].ffn.gate is not None else None
+        groups = None
+        if isinstance(attributes, TokenLayout):
+            if spe_attributes is None:
+                spe_attributes = TokenLayout(((1, attributes.union(clear=_TOKEN_KIND_NAMES)),))
+            attrs = spe_attributes + attributes  # the <SPE> token first
+        else:
+            if spe_attributes is None:
+                spe_attributes = self._default_spe_attributes(attributes, padding_mask)
+            attrs = torch.cat([spe_attributes.unsqueeze(1).to(attributes.dtype), attributes], dim=1)  # B×S×A
+            groups = group_by_attributes(attrs) if self.layers[0].ffn.gate is not None else None
         for layer in self.layers:
             x = layer(x, attrs, attn_mask, groups)
         x = self.norm(x)

@@ -17,20 +17,20 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def multi_scale_deformable_attention(value: torch.Tensor, spatial_shapes: torch.Tensor,
+def multi_scale_deformable_attention(value: torch.Tensor, spatial_shapes,
                                      sampling_locations: torch.Tensor,
                                      attention_weights: torch.Tensor) -> torch.Tensor:
     """The sampling-and-mixing core.
 
     value: B×S×H×Dh, the L levels' tokens flattened row-major and concatenated (S = Σ H_l·W_l).
-    spatial_shapes: L×2 long, (H_l, W_l) of each level.
+    spatial_shapes: (H_l, W_l) of each level: L pairs of ints, or an L×2 long tensor.
     sampling_locations: B×Q×H×L×P×2, normalized (x, y) in [0, 1] (outside reads zeros).
     attention_weights: B×Q×H×L×P.
     Returns B×Q×(H·Dh).
     """
     batch, _, heads, head_dim = value.shape
     _, queries, _, levels, points, _ = sampling_locations.shape
-    shapes = [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
+    shapes = level_shapes(spatial_shapes)
     per_level = value.split([h * w for h, w in shapes], dim=1)
     grids = 2 * sampling_locations - 1  # grid_sample wants [-1, 1]
     sampled = []
@@ -47,11 +47,19 @@ def multi_scale_deformable_attention(value: torch.Tensor, spatial_shapes: torch.
     return out.view(batch, heads * head_dim, queries).transpose(1, 2)
 
 
+def level_shapes(spatial_shapes) -> list[tuple[int, int]]:
+    """(H_l, W_l) of each level as Python ints. The model passes them as ints (a shape is known before the data,
+    and reading a device tensor back would sync); an L×2 tensor is read once here."""
+    if isinstance(spatial_shapes, torch.Tensor):
+        spatial_shapes = spatial_shapes.tolist()
+    return [(int(h), int(w)) for h, w in spatial_shapes]
+
+
 class MultiScaleDeformableAttention(nn.Module):
     """Deformable attention of queries over multi-scale value tokens.
 
     forward(query B×Q×D, reference_points B×Q×L×2 (x, y) or B×Q×L×4 (cx, cy, w, h), all normalized;
-            value B×S×D; spatial_shapes L×2 long; level_start_index L long;
+            value B×S×D; spatial_shapes L pairs of ints (or L×2 long); level_start_index L offsets;
             value_padding_mask B×S bool (True = padding) or None) → B×Q×D
 
     With (x, y) references the offsets are in pixels of each level; with boxes they are fractions of
@@ -93,8 +101,9 @@ class MultiScaleDeformableAttention(nn.Module):
                 value_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         batch, queries, _ = query.shape
         heads, levels, points = self.num_heads, self.num_levels, self.num_points
-        if spatial_shapes.shape[0] != levels:
-            raise ValueError(f"expected {levels} levels, got spatial_shapes {tuple(spatial_shapes.shape)}")
+        shapes = level_shapes(spatial_shapes)
+        if len(shapes) != levels:
+            raise ValueError(f"expected {levels} levels, got spatial_shapes {shapes}")
         # Levels are split by their sizes; level_start_index is their cumulative sum, kept in the
         # signature for kernels that index by it.
         del level_start_index
@@ -109,12 +118,14 @@ class MultiScaleDeformableAttention(nn.Module):
 
         reference = reference_points[:, :, None, :, None, :]  # B×Q×1×L×1×(2|4)
         if reference_points.shape[-1] == 2:
-            # (W_l, H_l): offsets are in pixels of level l.
-            normalizer = spatial_shapes.flip(-1).to(offsets.dtype)
-            locations = reference + offsets / normalizer[None, None, None, :, None, :]
+            # Offsets are in pixels of level l: divided by (W_l, H_l), Python numbers (no tensor from the host).
+            scaled = torch.stack([torch.stack([offsets[:, :, :, level, :, 0] / width,
+                                               offsets[:, :, :, level, :, 1] / height], dim=-1)
+                                  for level, (height, width) in enumerate(shapes)], dim=3)
+            locations = reference + scaled
         elif reference_points.shape[-1] == 4:
             locations = reference[..., :2] + offsets / points * reference[..., 2:] * 0.5
         else:
             raise ValueError(f"reference_points must end in 2 or 4, got {tuple(reference_points.shape)}")
-        out = multi_scale_deformable_attention(value, spatial_shapes, locations, weights)
+        out = multi_scale_deformable_attention(value, shapes, locations, weights)
         return self.output_proj(out)

@@ -34,6 +34,8 @@ class DenoisingQueries:
     attention_mask: torch.Tensor
     groups: int
     slots: int
+    counts: tuple[int, ...] = ()
+    """Boxes of each image (the valid slots of each group are its first ``counts[b]``)."""
 
     @property
     def count(self) -> int:
@@ -41,10 +43,12 @@ class DenoisingQueries:
 
     def matches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per image (query index, target index), CPU long: every valid slot of every group is matched to the
-        box it was made from (no Hungarian matching)."""
+        box it was made from (no Hungarian matching). Built from the box counts, on the host: nothing is read
+        back from the device."""
         out = []
-        for valid in self.valid.cpu():
-            queries = valid.nonzero().squeeze(1)
+        for count in self.counts:
+            queries = torch.tensor([g * self.slots + i for g in range(self.groups) for i in range(count)],
+                                   dtype=torch.long)
             out.append((queries, queries % self.slots))
         return out
 
@@ -82,7 +86,8 @@ def denoising_queries(targets: list[dict], *, budget: int, noise: float, num_mat
         for g in range(groups):
             reference[b, g * slots:g * slots + n] = noised_boxes(boxes, noise)
             valid[b, g * slots:g * slots + n] = True
-    return DenoisingQueries(reference, valid, attention_mask(valid, groups, slots, num_matching), groups, slots)
+    return DenoisingQueries(reference, valid, attention_mask(valid, groups, slots, num_matching), groups, slots,
+                            tuple(counts))
 
 
 def attention_mask(valid: torch.Tensor, groups: int, slots: int, num_matching: int) -> torch.Tensor:

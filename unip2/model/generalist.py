@@ -16,7 +16,7 @@ from unip2.config import ModelConfig
 from unip2.model.backbone import Backbone
 from unip2.model.decoder import UnifiedDecoder
 from unip2.model.image_tokens import GlobalTokens, RegionalTokens
-from unip2.model.moe import ATTRIBUTES, attribute_vector
+from unip2.model.moe import TokenLayout
 from unip2.model.proposals import RegionProposalNetwork
 from unip2.model.similarity import CosineScorer
 from unip2.model.text_encoder import TextEncoder
@@ -92,9 +92,11 @@ class UniPerceiverV2(nn.Module):
 
     # ----------------------------------------------------------------------------------- encoders
     def encode_image(self, images: torch.Tensor, *, need_global: bool = True,
-                     targets: list[dict] | None = None) -> ImageEncoding:
+                     targets: list[dict] | None = None, layer_masks: bool = False) -> ImageEncoding:
         """images: B×3×S×S uint8 or float in [0, 1], S divisible by 32; targets (detection training): per image
-        {"boxes": N×4 normalized cxcywh}, which the proposal network's denoising queries start from."""
+        {"boxes": N×4 normalized cxcywh}, which the proposal network's denoising queries start from.
+        layer_masks: the proposals' masks at every decoder layer (only the mask losses read them); otherwise
+        the last layer's alone, which the regional tokens embed."""
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be B×3×H×W, got {tuple(images.shape)}")
         if images.shape[-1] % 32 or images.shape[-2] % 32:
@@ -103,7 +105,7 @@ class UniPerceiverV2(nn.Module):
             images = images.float() / 255.0
         images = (images - self.pixel_mean) / self.pixel_std
         features = self.backbone(images)
-        proposals = self.proposals(features, targets)
+        proposals = self.proposals(features, targets, layer_masks=layer_masks)
         regional = self.regional_tokens(proposals["query_features"], proposals["boxes"], proposals["masks"])
         regional = regional + self.token_type.weight[0]
         count = min(self.config.tokens.num_regional, regional.shape[1])
@@ -113,23 +115,22 @@ class UniPerceiverV2(nn.Module):
             global_tokens = self.global_tokens(features[-1]) + self.token_type.weight[1]
         return ImageEncoding(proposals, regional, top_index, global_tokens)
 
-    def image_sequence(self, encoding: ImageEncoding, **task_flags: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """Tokens of an image for image-level tasks → (B×T×D tokens, B×T×A attributes).
+    def image_sequence(self, encoding: ImageEncoding, **task_flags: bool) -> tuple[torch.Tensor, TokenLayout]:
+        """Tokens of an image for image-level tasks → (B×T×D tokens, their TokenLayout).
 
         Top-N regional tokens and/or global tokens, as the config allows; ``task_flags`` are the
         task-level attributes (e.g. ``input_image=True, target_text=True``).
         """
-        parts, attributes = [], []
+        parts, layout = [], TokenLayout()
         if self.config.tokens.use_regional:
             top = torch.gather(encoding.regional, 1,
                                encoding.top_index.unsqueeze(-1).expand(-1, -1, encoding.regional.shape[-1]))
             parts.append(top)
-            attributes.append(self.attributes(top, token_image=True, token_regional=True, **task_flags))
+            layout += self.attributes(top, token_image=True, token_regional=True, **task_flags)
         if encoding.global_tokens is not None:
             parts.append(encoding.global_tokens)
-            attributes.append(self.attributes(encoding.global_tokens, token_image=True, token_global=True,
-                                              **task_flags))
-        return torch.cat(parts, dim=1), torch.cat(attributes, dim=1)
+            layout += self.attributes(encoding.global_tokens, token_image=True, token_global=True, **task_flags)
+        return torch.cat(parts, dim=1), layout
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
                     causal: bool = False) -> torch.Tensor:
@@ -137,16 +138,15 @@ class UniPerceiverV2(nn.Module):
         return self.text_encoder(input_ids, attention_mask, causal=causal) + self.token_type.weight[2]
 
     # ------------------------------------------------------------------------------ shared decoder
-    def attributes(self, tokens: torch.Tensor, **flags: bool) -> torch.Tensor:
-        """The attribute vector of ``flags`` broadcast to every token: B×T×D → B×T×A."""
-        vector = attribute_vector(**flags).to(device=tokens.device, dtype=tokens.dtype)
-        return vector.expand(*tokens.shape[:-1], len(ATTRIBUTES))
+    def attributes(self, tokens: torch.Tensor, **flags: bool) -> TokenLayout:
+        """Every token of B×T×D ``tokens`` carries ``flags``: their TokenLayout (join parts' layouts with +)."""
+        return TokenLayout.of(tokens.shape[1], **flags)
 
-    def decode(self, tokens: torch.Tensor, attributes: torch.Tensor, *,
+    def decode(self, tokens: torch.Tensor, attributes: TokenLayout, *,
                padding_mask: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None) -> dict:
-        """The shared decoder g → ``{"spe": B×D, "tokens": B×T×D}``."""
+        """The shared decoder g → ``{"spe": B×D, "tokens": B×T×D}``; <SPE> carries the first token's attributes."""
         return self.decoder(tokens, attributes, padding_mask=padding_mask, attention_mask=attention_mask,
-                            spe_attributes=attributes[:, 0])
+                            spe_attributes=attributes.first())
 
     # ------------------------------------------------------------------- candidate cache (inference)
     def constant(self, key: str, compute) -> torch.Tensor:

@@ -52,11 +52,74 @@ class AttributeGroups:
 
 
 def group_by_attributes(attributes: torch.Tensor) -> AttributeGroups:
-    """attributes: ...×A → the groups of identical rows (one host sync; compute once, reuse per layer)."""
+    """attributes: ...×A → the groups of identical rows (one host sync; compute once, reuse per layer).
+
+    For attribute tensors whose rows come from the data; the model's own sequences carry a ``TokenLayout``,
+    which groups without looking at the data."""
     rows, inverse = torch.unique(attributes.reshape(-1, attributes.shape[-1]).float(), dim=0,
                                  return_inverse=True)  # U×A, N
     counts = torch.bincount(inverse, minlength=rows.shape[0]).tolist()
     return AttributeGroups(rows=rows, order=inverse.argsort(stable=True), counts=counts)
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """The attributes of a token sequence as contiguous segments, known before the data.
+
+    Every sequence the model decodes is a concatenation of parts whose attributes depend on the task alone
+    (regional tokens, global tokens, text), the same for every sequence of the batch. So the MoE's token
+    groups are slices along T computed in Python: no ``torch.unique``, no host round-trip, one static graph
+    per task. segments: ((length, attribute names that are set), ...) in sequence order.
+    """
+
+    segments: tuple[tuple[int, frozenset[str]], ...] = ()
+
+    @classmethod
+    def of(cls, length: int, **flags: bool) -> "TokenLayout":
+        """``length`` tokens that all carry ``flags`` (unknown names are a ValueError)."""
+        unknown = sorted(set(flags) - set(ATTRIBUTES))
+        if unknown:
+            raise ValueError(f"unknown attribute(s) {unknown}; known: {list(ATTRIBUTES)}")
+        return cls(((int(length), frozenset(name for name, on in flags.items() if on)),))
+
+    def __add__(self, other: "TokenLayout") -> "TokenLayout":
+        segments = list(self.segments)
+        for length, names in other.segments:
+            if segments and segments[-1][1] == names:  # neighbours with the same attributes: one slice
+                segments[-1] = (segments[-1][0] + length, names)
+            else:
+                segments.append((length, names))
+        return TokenLayout(tuple(segments))
+
+    def __len__(self) -> int:
+        return sum(length for length, _ in self.segments)
+
+    def first(self) -> "TokenLayout":
+        """The layout of the first token alone."""
+        return TokenLayout(((1, self.segments[0][1]),))
+
+    def union(self, clear: tuple[str, ...] = ()) -> frozenset[str]:
+        """Every attribute any token carries, less ``clear``."""
+        return frozenset().union(*(names for _, names in self.segments)) - set(clear)
+
+    def rows(self) -> tuple[frozenset[str], ...]:
+        """The distinct attribute sets, in order of first appearance (U)."""
+        return tuple(dict.fromkeys(names for _, names in self.segments))
+
+    def spans(self) -> tuple[tuple[int, int, int], ...]:
+        """(row index into ``rows()``, start, stop) of every segment, in sequence order."""
+        rows = {names: u for u, names in enumerate(self.rows())}
+        spans, start = [], 0
+        for length, names in self.segments:
+            spans.append((rows[names], start, start + length))
+            start += length
+        return tuple(spans)
+
+    def tensor(self, batch: int, *, device=None, dtype=torch.float32) -> torch.Tensor:
+        """B×T×A attribute vectors (for code that needs the per-token form)."""
+        vectors = [attribute_vector(**dict.fromkeys(names, True)).expand(length, -1)
+                   for length, names in self.segments]
+        return torch.cat(vectors).to(device=device, dtype=dtype).expand(batch, -1, -1)
 
 
 class ConditionalMoEFFN(nn.Module):
@@ -100,7 +163,18 @@ class ConditionalMoEFFN(nn.Module):
         """attributes: ...×A → ...×E merge weights (top-k renormalized, zero elsewhere)."""
         if self.gate is None:
             return torch.ones(*attributes.shape[:-1], 1, device=attributes.device, dtype=attributes.dtype)
-        probs = self.gate(attributes.to(self.gate.weight.dtype)).float().softmax(dim=-1)
+        return self._top_k(self.gate(attributes.to(self.gate.weight.dtype)))
+
+    def layout_gate_probabilities(self, layout: TokenLayout) -> torch.Tensor:
+        """U×E merge weights of ``layout.rows()``. The gate is linear in binary attributes, so a row's logits are
+        the bias plus the weight columns of its set attributes: slices only, no tensor made from host data."""
+        columns = {name: self.gate.weight[:, index] for index, name in enumerate(ATTRIBUTES)}
+        logits = torch.stack([sum((columns[name] for name in ATTRIBUTES if name in names), self.gate.bias)
+                              for names in layout.rows()])
+        return self._top_k(logits)
+
+    def _top_k(self, logits: torch.Tensor) -> torch.Tensor:
+        probs = logits.float().softmax(dim=-1)
         top, index = probs.topk(self.top_k, dim=-1)
         top = top / top.sum(dim=-1, keepdim=True)
         return torch.zeros_like(probs).scatter(-1, index, top)
@@ -108,18 +182,23 @@ class ConditionalMoEFFN(nn.Module):
     def _ffn(self, x: torch.Tensor, w1, b1, w2, b2) -> torch.Tensor:
         return self.dropout(F.linear(self.dropout(F.gelu(F.linear(x, w1, b1))), w2, b2))
 
-    def forward(self, x: torch.Tensor, attributes: torch.Tensor, groups: AttributeGroups | None = None) -> torch.Tensor:
-        """x: B×T×D, attributes: B×T×A → B×T×D; ``groups`` = group_by_attributes(attributes), if known."""
+    def _merged(self, gates: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """U×E gates → the U merged experts (w1, b1, w2, b2). A (U×E)·(E×…) matmul saves no extra weight copies
+        for backward beyond the merged ones."""
+        gates = gates.to(self.w1.dtype)
+        return ((gates @ self.w1.flatten(1)).view(-1, self.ffn_dim, self.width), gates @ self.b1,
+                (gates @ self.w2.flatten(1)).view(-1, self.width, self.ffn_dim), gates @ self.b2)
+
+    def forward(self, x: torch.Tensor, attributes: torch.Tensor | TokenLayout,
+                groups: AttributeGroups | None = None) -> torch.Tensor:
+        """x: B×T×D → B×T×D. ``attributes``: the sequence's ``TokenLayout`` (static groups: slices along T), or
+        B×T×A per-token rows (grouped by value; ``groups`` = group_by_attributes(attributes), if known)."""
         if self.gate is None:
             return self._ffn(x, self.w1[0], self.b1[0], self.w2[0], self.b2[0])
+        if isinstance(attributes, TokenLayout):
+            return self._forward_layout(x, attributes)
         groups = groups if groups is not None else group_by_attributes(attributes)
-        gates = self.gate_probabilities(groups.rows).to(self.w1.dtype)  # U×E
-        # Merge once per distinct attribute row; a (U×E)·(E×…) matmul saves no extra weight copies
-        # for backward beyond the merged ones.
-        w1 = (gates @ self.w1.flatten(1)).view(-1, self.ffn_dim, self.width)
-        b1 = gates @ self.b1
-        w2 = (gates @ self.w2.flatten(1)).view(-1, self.width, self.ffn_dim)
-        b2 = gates @ self.b2
+        w1, b1, w2, b2 = self._merged(self.gate_probabilities(groups.rows))
         if len(groups.counts) == 1:
             return self._ffn(x, w1[0], b1[0], w2[0], b2[0])
         # One gather into groups, one merged FFN per group, one scatter back: never per token.
@@ -127,6 +206,17 @@ class ConditionalMoEFFN(nn.Module):
         chunks = flat.index_select(0, groups.order).split(groups.counts)
         outputs = torch.cat([self._ffn(chunk, w1[u], b1[u], w2[u], b2[u]) for u, chunk in enumerate(chunks)])
         return torch.empty_like(outputs).index_copy(0, groups.order, outputs).view(x.shape)
+
+    def _forward_layout(self, x: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+        if len(layout) != x.shape[1]:
+            raise ValueError(f"the layout describes {len(layout)} tokens, the sequence has {x.shape[1]}")
+        w1, b1, w2, b2 = self._merged(self.layout_gate_probabilities(layout))
+        spans = layout.spans()
+        if len(spans) == 1:
+            return self._ffn(x, w1[0], b1[0], w2[0], b2[0])
+        # One merged FFN per segment (a slice along T): shapes known before the data.
+        return torch.cat([self._ffn(x[:, start:stop], w1[u], b1[u], w2[u], b2[u]) for u, start, stop in spans],
+                         dim=1)
 
 
 def deployment_parameter_count(module: nn.Module) -> int:

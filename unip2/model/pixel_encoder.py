@@ -82,8 +82,8 @@ class PixelEncoder(nn.Module):
 
     forward(features: list of L maps B×C_l×H_l×W_l, finest first) → dict:
         memory: B×S×D encoder output tokens, levels concatenated row-major (S = Σ H_l·W_l)
-        spatial_shapes: L×2 long (H_l, W_l)
-        level_start_index: L long, offset of each level in S
+        spatial_shapes: L pairs (H_l, W_l) of Python ints
+        level_start_index: L Python ints, offset of each level in S
         mask_features: B×D×Hm×Wm with (Hm, Wm) = 2·(H_0, W_0)
     """
 
@@ -129,16 +129,17 @@ class PixelEncoder(nn.Module):
         tokens, positions, centres, shapes = [], [], [], []
         for level, (feature, proj) in enumerate(zip(features, self.input_proj)):
             height, width = feature.shape[-2:]
-            shapes.append((height, width))
+            shapes.append((int(height), int(width)))
             tokens.append(proj(feature).flatten(2).transpose(1, 2))  # B×HW×D
             centre = grid_centres(height, width, device)  # HW×2
             centres.append(centre)
             positions.append(sine_position_encoding(centre, self.dim // 2) + self.level_embed[level])
         memory = torch.cat(tokens, dim=1)  # B×S×D
         position = torch.cat(positions, dim=0).to(memory.dtype).unsqueeze(0)  # 1×S×D
-        spatial_shapes = torch.as_tensor(shapes, dtype=torch.long, device=device)
-        sizes = spatial_shapes.prod(-1)
-        level_start_index = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)[:-1]])
+        # Shapes and level offsets as Python ints: known before the data, never read back from the device.
+        spatial_shapes = tuple(shapes)
+        sizes = [h * w for h, w in shapes]
+        level_start_index = tuple(sum(sizes[:level]) for level in range(len(sizes)))
         # Without padding every level sees the same normalized point: B×S×L×2.
         reference = torch.cat(centres, dim=0).to(memory.dtype)
         reference = reference[None, :, None, :].expand(memory.shape[0], -1, self.num_levels, -1)

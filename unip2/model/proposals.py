@@ -116,6 +116,8 @@ class RegionProposalNetwork(nn.Module):
         masks: B×Q×Hm×Wm logits, (Hm, Wm) = 2·(H_0, W_0)
         aux_outputs: list (decoder_layers − 1) of {objectness, boxes, masks} of the earlier layers
         enc_outputs: {objectness B×Q, boxes B×Q×4, masks B×Q×Hm×Wm} of the selected encoder tokens
+        With ``layer_masks=False`` the earlier layers' and the denoising queries' outputs have no ``masks``
+        (and the encoder's neither, unless mask-enhanced anchors read them): only the mask losses read them.
         denoising (training with ``denoising_queries`` > 0 and targets given, and the batch has boxes):
             {"layers": per decoder layer {objectness, boxes, masks} of the denoising queries,
              "matches": per image (query index, target index), "groups": G}
@@ -163,15 +165,19 @@ class RegionProposalNetwork(nn.Module):
         nn.init.zeros_(self.box_head.layers[-1].bias)
 
     def _heads(self, hidden: torch.Tensor, reference_unsig: torch.Tensor,
-               mask_features: torch.Tensor) -> dict[str, torch.Tensor]:
-        """hidden B×Q×D (normed), reference_unsig B×Q×4 → objectness, boxes, masks."""
-        masks = torch.einsum("bqc,bchw->bqhw", self.mask_head(hidden), mask_features)
-        return {"objectness": self.objectness_head(hidden).squeeze(-1),
-                "boxes": (reference_unsig + self.box_head(hidden)).sigmoid(),
-                "masks": masks}
+               mask_features: torch.Tensor, masks: bool = True) -> dict[str, torch.Tensor]:
+        """hidden B×Q×D (normed), reference_unsig B×Q×4 → objectness, boxes (fp32: box math stays out of
+        bf16), and masks if ``masks``."""
+        outputs = {"objectness": self.objectness_head(hidden).squeeze(-1),
+                   "boxes": (reference_unsig.float() + self.box_head(hidden).float()).sigmoid()}
+        if masks:
+            outputs["masks"] = torch.einsum("bqc,bchw->bqhw", self.mask_head(hidden), mask_features)
+        return outputs
 
-    def forward(self, features: list[torch.Tensor], targets: list[dict] | None = None) -> dict:
-        """targets (training only): per image {"boxes": N×4 normalized cxcywh}, for the denoising queries."""
+    def forward(self, features: list[torch.Tensor], targets: list[dict] | None = None, *,
+                layer_masks: bool = True) -> dict:
+        """targets (training only): per image {"boxes": N×4 normalized cxcywh}, for the denoising queries.
+        layer_masks: compute the masks of every layer (the mask losses' deep supervision), not only the last's."""
         encoded = self.pixel_encoder(features)
         memory, mask_features = encoded["memory"], encoded["mask_features"]
         spatial_shapes, level_start_index = encoded["spatial_shapes"], encoded["level_start_index"]
@@ -184,14 +190,15 @@ class RegionProposalNetwork(nn.Module):
         shapes = [tuple(feature.shape[-2:]) for feature in features]
         anchors = level_anchors(shapes, memory.device)  # S×4
         valid = ((anchors > _ANCHOR_RANGE[0]) & (anchors < _ANCHOR_RANGE[1])).all(-1)  # S
-        anchors_unsig = inverse_sigmoid(anchors.clamp(*_ANCHOR_RANGE)).to(memory.dtype)
+        anchors_unsig = inverse_sigmoid(anchors.clamp(*_ANCHOR_RANGE))  # fp32
         proposal_memory = self.memory_norm(self.memory_proj(memory))  # B×S×D
         token_objectness = self.objectness_head(proposal_memory).squeeze(-1)  # B×S
         score = token_objectness.detach().masked_fill(~valid, float("-inf"))
         top = score.topk(self.num_queries, dim=1).indices  # B×Q
         selected = torch.gather(proposal_memory, 1, top.unsqueeze(-1).expand(-1, -1, self.dim))  # B×Q×D
         selected_anchor = anchors_unsig[top]  # B×Q×4
-        enc_outputs = self._heads(selected, selected_anchor, mask_features)
+        enc_outputs = self._heads(selected, selected_anchor, mask_features,
+                                  masks=layer_masks or self.mask_enhanced_anchors)
 
         # ---- query decoder with iterative box refinement
         queries = selected.detach()
@@ -206,13 +213,14 @@ class RegionProposalNetwork(nn.Module):
             reference = torch.cat([denoising.reference.to(reference.dtype), reference], dim=1)
             attention_mask = denoising.attention_mask
         layer_outputs = []
-        for layer in self.layers:
+        for index, layer in enumerate(self.layers):
             query_pos = self.box_position(sine_position_encoding(reference, self.dim // 2).to(queries.dtype))
             level_reference = reference.unsqueeze(2).expand(-1, -1, len(shapes), -1)  # B×Q×L×4
             queries = layer(queries, query_pos, level_reference, memory, spatial_shapes, level_start_index,
                             attention_mask)
             hidden = self.decoder_norm(queries)
-            outputs = self._heads(hidden, inverse_sigmoid(reference), mask_features)
+            outputs = self._heads(hidden, inverse_sigmoid(reference), mask_features,
+                                  masks=layer_masks or index == len(self.layers) - 1)
             outputs["query_features"] = hidden
             layer_outputs.append(outputs)
             # The next layer refines from this box, but gradients stay within each layer.
@@ -221,14 +229,14 @@ class RegionProposalNetwork(nn.Module):
         skip = 0 if denoising is None else denoising.count
         matching = [{key: out[key][:, skip:] for key in out} for out in layer_outputs]
         final = matching[-1]
-        aux_outputs = [{key: out[key] for key in ("objectness", "boxes", "masks")} for out in matching[:-1]]
+        heads = ("objectness", "boxes", "masks") if layer_masks else ("objectness", "boxes")
+        aux_outputs = [{key: out[key] for key in heads} for out in matching[:-1]]
         result = {"query_features": final["query_features"], "boxes": final["boxes"],
                   "objectness": final["objectness"], "masks": final["masks"],
                   "aux_outputs": aux_outputs, "enc_outputs": enc_outputs}
         if denoising is not None:
             result["denoising"] = {
-                "layers": [{key: out[key][:, :skip] for key in ("objectness", "boxes", "masks")}
-                           for out in layer_outputs],
+                "layers": [{key: out[key][:, :skip] for key in heads} for out in layer_outputs],
                 "matches": denoising.matches(), "groups": denoising.groups}
         return result
 

@@ -40,5 +40,7 @@ class CosineScorer(nn.Module):
     def forward(self, a: torch.Tensor, b: torch.Tensor, family: str) -> torch.Tensor:
         """a: ...×D queries, b: M×D candidates → ...×M scaled cosine similarities (float32 under autocast too)."""
         scale = self.scale(family)
-        cosine = F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).transpose(0, 1)
-        return cosine.float() * scale
+        # fp32 even under autocast: up to 100 × a bf16 cosine would carry a ±0.4 error into the logits.
+        with torch.autocast(a.device.type, enabled=False):
+            cosine = F.normalize(a.float(), dim=-1) @ F.normalize(b.float(), dim=-1).transpose(0, 1)
+        return cosine * scale

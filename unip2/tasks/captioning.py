@@ -129,7 +129,7 @@ class Captioning(Task):
         text = model.encode_text(input_ids, attention_mask, causal=True)
         text_attributes = model.attributes(text, token_text=True, causal=True, **TASK_FLAGS)
         tokens = torch.cat([image_tokens, text], dim=1)
-        attributes = torch.cat([image_attributes, text_attributes], dim=1)
+        attributes = image_attributes + text_attributes
         padding = torch.cat([torch.zeros(image_tokens.shape[:2], dtype=torch.bool, device=text.device),
                              attention_mask == 0], dim=1)
         mask = prefix_causal_mask(image_tokens.shape[1], text.shape[1], padding)
@@ -168,7 +168,7 @@ class Captioning(Task):
         def step(prefixes: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
             """N×t token-id prefixes → N×V log-probabilities over token ids (-inf for non-candidates)."""
             mask = torch.ones_like(prefixes)
-            features = self.next_word_features(model, image_tokens[rows], image_attributes[rows], prefixes, mask)
+            features = self.next_word_features(model, image_tokens[rows], image_attributes, prefixes, mask)
             log_probs = model.score(features[:, -1], vocabulary, self.candidate_family).float().log_softmax(-1)  # N×K
             by_token = log_probs.new_full((log_probs.shape[0], tokenizer.vocab_size), float("-inf"))
             return by_token.index_copy_(1, candidate_token_ids, log_probs)

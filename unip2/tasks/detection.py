@@ -135,8 +135,7 @@ class Detection(Task):
         if encoding.global_tokens is not None:
             context = encoding.global_tokens
             tokens = torch.cat([tokens, context], dim=1)
-            attributes = torch.cat([attributes, model.attributes(context, token_image=True, token_global=True,
-                                                                 **TASK_FLAGS)], dim=1)
+            attributes = attributes + model.attributes(context, token_image=True, token_global=True, **TASK_FLAGS)
         out = model.decode(tokens, attributes)["tokens"]
         return out[:, :encoding.regional.shape[1]]
 
@@ -154,7 +153,8 @@ class Detection(Task):
 
     def loss(self, model, batch, *, gather=local_gather):
         targets = self.targets(batch)
-        encoding = model.encode_image(batch["images"], targets=targets)
+        # Only the mask losses read every layer's masks: detection alone skips them.
+        encoding = model.encode_image(batch["images"], targets=targets, layer_masks=self.with_masks)
         terms, indices = self.criterion(model)(encoding.proposals, targets)
         features = self.proposal_features(model, encoding)
         logits = model.score(features, self.candidates(model, self.class_names(model)), self.candidate_family)  # B×Q×K
