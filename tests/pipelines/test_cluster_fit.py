@@ -3,6 +3,7 @@ the cluster cannot hold refused within a minute naming what it asked and what is
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -102,4 +103,5 @@ def test_the_driver_refuses_within_a_minute_and_leaves_no_ray_running(embedded_d
     assert "Traceback" not in console
     assert any(ray_tmp.iterdir())  # the driver's Ray did live there ...
     assert ray_processes_under(ray_tmp) == []  # ... and none of its processes is left
+    shutil.rmtree(ray_tmp, ignore_errors=True)
 
