@@ -96,11 +96,11 @@ def _bare_worker(rank: int, world_size: int, port: int, spec, out: str) -> None:
     window_start = time.time()
     for item in loader:
         step, task_name = item["step"], item["task"]
-        batch = TASKS[task_name].collate(item["batch"], torch.device("cpu"))
+        batches = [TASKS[task_name].collate(b, torch.device("cpu")) for b in item["batches"]]
         set_learning_rate(optimizer, learning_rate(step, total_steps=total, peak=run.optim.lr,
                                                    warmup_steps=run.optim.warmup_steps,
                                                    min_ratio=run.optim.min_lr_ratio))
-        outcome = train_step(task_name, batch)
+        outcome = train_step(task_name, batches)
         if outcome.finite:
             float(outcome.loss)
         if (step + 1) % run.train.log_every == 0 or step + 1 == total:

@@ -25,7 +25,8 @@ class LoopHooks:
         """Called as a worker enters ``step`` (before its batch is used)."""
 
     def on_batch(self, step: int, rank: int, task: str, batch: dict) -> None:
-        """The collated batch a worker trains at ``step``."""
+        """A collated batch a worker trains at ``step`` (each of its micro-batches in turn, see
+        ``train.accumulation_steps``)."""
 
     def on_loss(self, step: int, loss: torch.Tensor) -> torch.Tensor:
         """The loss before backward; what this returns is what trains."""

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from pipelines import ray_runtime  # (first: sets Ray's environment before ray is imported)
+from pipelines.cluster_fit import ClusterTooSmall
 from pipelines.loop_inputs import METRICS, PretrainInputs, run_pretrain_loop
 from pipelines.stream_spec import StreamSpec
 from unip2 import config_io
@@ -61,6 +62,7 @@ def stage1_run(run: RunConfig, encoders: list[str]) -> RunConfig:
         stage.tasks[task] = TaskRunConfig(batch_size=batch_size, sampling_weight=float(steps), datasets=datasets)
     stage.train.steps = sum(settings[encoder][1] for encoder in encoders)
     stage.train.sampling = "unmixed"
+    stage.train.accumulation_steps = 1  # stage 1's batches are pretrain.*_batch_size, one per step
     stage.model.tasks["classification"].image_size = pretrain.image_size
     return stage
 
@@ -166,12 +168,12 @@ def main(argv: list[str] | None = None) -> int:
 
     out = args.out or str(Path("runs") / time.strftime("pretrain-%Y%m%d-%H%M%S"))
     try:
-        run, out_dir, data_root = prepare_run(args.config, args.overrides, out=out, address=args.address,
-                                              keep_logs=True, stage1=False)
-    except (ValueError, KeyError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    try:
+        try:
+            run, out_dir, data_root = prepare_run(args.config, args.overrides, out=out, address=args.address,
+                                                  keep_logs=True, stage1=False)
+        except (ValueError, KeyError, FileNotFoundError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         if not encoders_to_pretrain(run):
             print("[pretrain] nothing to pretrain: every encoder in pretrain.encoders has a pretrained_path",
                   flush=True)
@@ -189,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
             field = "model.backbone.pretrained_path" if encoder == "image" else "model.text.pretrained_path"
             print(f"[pretrain] {field}={path}", flush=True)
         return 0
+    except ClusterTooSmall as err:  # names the resources asked and present
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     finally:
         ray_runtime.disconnect()
 

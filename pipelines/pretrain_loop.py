@@ -84,7 +84,8 @@ def pretrain_loop_per_worker(inputs: PretrainInputs) -> None:
     stream = stream_steps(spec, rank=rank, start=state["step"], concurrency=run.data.loader_concurrency,
                           num_cpus=run.data.loader_cpus, prefetch=run.data.prefetch_steps,
                           steps_per_block=run.data.steps_per_block)
-    for step, task, np_batch, _bad_rows in stream:
+    for step, task, np_batches, _bad_rows in stream:
+        np_batch, = np_batches  # stage 1 takes one batch per step (``stage1_run``: no accumulation)
         if np_batch is None:
             raise RuntimeError(f"step {step}: every row of the {task} batch was unreadable")
         batch = TASKS[task].collate(np_batch, device)

@@ -96,5 +96,10 @@ def disconnect() -> None:
     _connection.clear()
 
 
+def cluster_resources() -> dict[str, float]:
+    """The connected cluster's total resources (``{"CPU": 16.0, "GPU": 8.0, ...}``), free or not."""
+    return ray.cluster_resources()
+
+
 def cluster_has_gpus() -> bool:
-    return ray.cluster_resources().get("GPU", 0) > 0
+    return cluster_resources().get("GPU", 0) > 0

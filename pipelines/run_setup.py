@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from pipelines import ray_runtime
+from pipelines import ray_runtime  # (first: sets Ray's environment before ray is imported)
+from pipelines import cluster_fit
 from unip2 import config_io
 from unip2.config_io import ConfigError
 from unip2.data.embedded import ensure_embedded_data
@@ -80,8 +81,9 @@ def fill_task_options(run: RunConfig, root: Path, manifest: dict) -> None:
 def prepare_run(config_path: str | None, overrides: list[str], *, out: str | None = None,
                 address: str | None = None, keep_logs: bool = False,
                 stage1: bool = True) -> tuple[RunConfig, Path, Path]:
-    """Load and validate the config, connect to Ray, make the data ready and, with ``stage1``, the pretrained
-    encoders (``pipelines/pretrain.py``: run on first use, then cached) → (run, run folder, data root).
+    """Load and validate the config, connect to Ray (``scale.num_workers: auto`` resolved there), make the data
+    ready and, with ``stage1``, the pretrained encoders (``pipelines/pretrain.py``: run on first use, then
+    cached) → (run, run folder, data root).
     ``keep_logs``: Ray's logs go to the run folder's ``logs/``, off the console (see ``ray_runtime.connect``)."""
     run = load_run_config(config_path, overrides)
     out_dir = Path(out or run.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")).resolve()
@@ -98,6 +100,8 @@ def prepare_run(config_path: str | None, overrides: list[str], *, out: str | Non
     run.data.root = str(root)
     out_dir.mkdir(parents=True, exist_ok=True)
     ray_runtime.connect(address or run.scale.address, log_dir=out_dir / "logs" if keep_logs else None)
+    # scale.num_workers: auto → a number, saved below with the run config
+    cluster_fit.resolve_worker_count(run, ray_runtime.cluster_resources())
     if stage1:
         from pipelines.pretrain import ensure_pretrained_encoders
 

@@ -3,7 +3,9 @@
 Each worker streams the steps ``start .. total-1``. For every step a Ray Data actor (``StepBatchLoader``,
 heavy set-up: Parquet shard readers, tokenizer, the training plan) reads the rows the plan assigns to this
 worker (``unip2.sampling.TrainingPlan``), decodes and augments them with the task's ``preprocess``, and
-ships the numpy batch. Order is preserved, so a worker always receives step t's batch at step t.
+ships the numpy batch, split into ``train.accumulation_steps`` micro-batches (the plan deals A × batch_size rows
+per worker and step; micro-batch i holds the i-th consecutive part). Order is preserved, so a worker always
+receives step t's batches at step t.
 
 Why not ``streaming_split`` over one dataset per task: workers would share split iterators in lock-step,
 and the sample order could not be replayed exactly after a failure. Here every worker's stream is
@@ -27,7 +29,7 @@ from unip2.tasks.preprocessing import UndecodableImage
 
 
 class StepBatchLoader:
-    """Ray Data ``map_batches`` class: {"data": [t]} → {"payload": [pickled numpy batch of step t]}."""
+    """Ray Data ``map_batches`` class: {"data": [t]} → {"payload": [pickled micro-batches of step t]}."""
 
     def __init__(self, spec: StreamSpec, rank: int):
         self.spec, self.rank = spec, rank
@@ -42,20 +44,25 @@ class StepBatchLoader:
         return {"payload": np.array(payloads, dtype=object)}
 
     def load(self, step: int) -> dict:
+        """{"step", "task", "batches": [numpy batch, or None when none of its rows decodes] × accumulation_steps,
+        "skipped": {reason: rows}} of this worker at ``step``."""
         task_name, rows = self.plan.rows_at(step, self.rank)
         task = TASKS[task_name]
-        raw = self.readers[task_name].read(rows)
         options = dict(**self.spec.inputs(task_name), tokenizer=self.tokenizer, train=True)
         rng = np.random.default_rng([self.spec.run.train.seed, 15485863, step, self.rank])
-        # A bad image drops its row (counted); the step trains on the others.
-        batch, _, dropped = task.preprocess_decodable(raw, rng=rng, **options)
-        skipped = Counter(UndecodableImage.reason for _ in dropped)
-        return {"step": step, "task": task_name, "batch": batch, "skipped": dict(skipped)}
+        batches, skipped = [], Counter()
+        for part in np.array_split(rows, self.spec.run.train.accumulation_steps):
+            raw = self.readers[task_name].read(part)
+            # A bad image drops its row (counted); the step trains on the others.
+            batch, _, dropped = task.preprocess_decodable(raw, rng=rng, **options)
+            batches.append(batch)
+            skipped.update(UndecodableImage.reason for _ in dropped)
+        return {"step": step, "task": task_name, "batches": batches, "skipped": dict(skipped)}
 
 
 def stream_steps(spec: StreamSpec, *, rank: int, start: int, concurrency: int, num_cpus: float, prefetch: int,
                  steps_per_block: int = 1, window: int = 1000):
-    """Iterate ``(step, task, numpy batch | None, skipped)`` for steps start..total-1 of worker ``rank``.
+    """Iterate ``(step, task, [numpy micro-batch | None], skipped)`` for steps start..total-1 of worker ``rank``.
 
     Steps go through Ray Data in windows of ``window`` steps, ``steps_per_block`` steps per block: one
     loader call decodes a block, so Ray's fixed cost per block is shared by its steps, while a small
@@ -76,4 +83,4 @@ def stream_steps(spec: StreamSpec, *, rank: int, start: int, concurrency: int, n
             compute=ray.data.ActorPoolStrategy(size=concurrency), num_cpus=num_cpus)
         for row in dataset.iter_batches(batch_size=1, prefetch_batches=prefetch, batch_format="numpy"):
             item = pickle.loads(row["payload"][0])
-            yield item["step"], item["task"], item["batch"], item["skipped"]
+            yield item["step"], item["task"], item["batches"], item["skipped"]

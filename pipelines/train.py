@@ -2,6 +2,7 @@
 
     python pipelines/train.py                                       # embedded data, tiny preset, 2 workers
     python pipelines/train.py train.steps=200 scale.num_workers=1   # key=value overrides
+    python pipelines/train.py scale.num_workers=auto train.accumulation_steps=4   # the whole cluster, 4 micro-batches
     python pipelines/train.py --config pipelines/configs/base.yaml --out runs/base
     RAY_ADDRESS=auto python pipelines/train.py --config pipelines/configs/base.yaml   # join a cluster
 
@@ -22,6 +23,7 @@ import time
 from pathlib import Path
 
 from pipelines import ray_runtime  # (first: sets Ray's environment before ray is imported)
+from pipelines.cluster_fit import ClusterTooSmall
 from pipelines.run_setup import prepare_run
 from pipelines.train_checkpoint import export_model, read_state
 from pipelines.trainer import fit
@@ -41,23 +43,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.time()
-    try:
-        run, out, data_root = prepare_run(args.config, args.overrides, out=args.out, address=args.address,
-                                          keep_logs=True)
-    except (ValueError, KeyError, FileNotFoundError) as err:  # config errors name the field
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    try:
-        return train_and_evaluate(args, run, out, data_root, started)
-    except BaseException:
-        print(f"[train] failed; the full log is in {out / 'logs'}", file=sys.stderr, flush=True)
-        raise
+    try:  # whatever happens once Ray is up (stage 1 runs inside prepare_run), no process of a local Ray outlives us
+        try:
+            run, out, data_root = prepare_run(args.config, args.overrides, out=args.out, address=args.address,
+                                              keep_logs=True)
+        except (ValueError, KeyError, FileNotFoundError) as err:  # config errors name the field
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        try:
+            return train_and_evaluate(args, run, out, data_root, started)
+        except ClusterTooSmall as err:  # names the resources asked and present
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        except BaseException:
+            print(f"[train] failed; the full log is in {out / 'logs'}", file=sys.stderr, flush=True)
+            raise
     finally:
         ray_runtime.disconnect()  # the local Ray's session logs are copied into <run>/logs/ray
 
 
 def train_and_evaluate(args: argparse.Namespace, run: RunConfig, out: Path, data_root: Path, started: float) -> int:
     print(f"[train] run folder {out}; data {data_root}; tasks {', '.join(run.tasks)}", flush=True)
+    scale = run.learning_rate_scale(run.scale.num_workers)
+    if scale != 1.0:  # the learning rate follows the global batch (optim.lr_reference_workers)
+        print(f"[train] global batch {run.scale.num_workers} workers × {run.train.accumulation_steps} micro-batches: "
+              f"peak lr {run.optim.lr * scale:.3g} = optim.lr × {scale:g} (linear rule)", flush=True)
     result_checkpoint = fit(run, out=out, data_root=data_root)
     final = export_model(result_checkpoint, out / "checkpoint")
     state = read_state(result_checkpoint)

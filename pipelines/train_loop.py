@@ -60,8 +60,8 @@ def train_loop_per_worker(inputs: LoopInputs) -> None:
     plan = spec.plan() if run.train.sampling == "unmixed" else None
     peak_lr = run.optim.lr * run.learning_rate_scale(world_size)
     if rank == 0 and world_size != run.scale.num_workers:
-        print(f"[train] {world_size} of {run.scale.num_workers} workers: peak lr {peak_lr:.3g} "
-              f"(linear rule), global batch {world_size} × per-task batch", flush=True)
+        print(f"[train] {world_size} of {run.scale.num_workers} workers: peak lr {peak_lr:.3g} (linear rule), "
+              f"global batch {world_size} × {run.train.accumulation_steps} × per-task batch", flush=True)
     # DDP must look for parameters without a gradient: classification, captioning and retrieval leave the
     # proposal network's memory projection and objectness head unused (detection steps use every parameter,
     # and there torch logs once per worker that it found none; the line stays in the worker's log).
@@ -84,17 +84,19 @@ def train_loop_per_worker(inputs: LoopInputs) -> None:
     stream = stream_steps(spec, rank=rank, start=state["step"], concurrency=run.data.loader_concurrency,
                           num_cpus=run.data.loader_cpus, prefetch=run.data.prefetch_steps,
                           steps_per_block=run.data.steps_per_block)
-    for step, task_name, np_batch, bad_rows in stream:
+    for step, task_name, np_batches, bad_rows in stream:
         hooks.before_step(step, rank)
         skipped.update(bad_rows)
-        if np_batch is None:
-            raise RuntimeError(f"step {step}: every row of the {task_name} batch was unreadable")
-        batch = TASKS[task_name].collate(np_batch, device)
-        hooks.on_batch(step, rank, task_name, batch)
+        # Every rank runs the same number of micro-batches (their collectives pair up): none may be empty.
+        if any(np_batch is None for np_batch in np_batches):
+            raise RuntimeError(f"step {step}: every row of a {task_name} batch was unreadable")
+        batches = [TASKS[task_name].collate(np_batch, device) for np_batch in np_batches]
+        for batch in batches:
+            hooks.on_batch(step, rank, task_name, batch)
         set_learning_rate(optimizer, learning_rate(step, total_steps=total, peak=peak_lr,
                                                    warmup_steps=run.optim.warmup_steps,
                                                    min_ratio=run.optim.min_lr_ratio))
-        outcome = train_step(task_name, batch, loss_hook=lambda loss: hooks.on_loss(step, loss))
+        outcome = train_step(task_name, batches, loss_hook=lambda loss: hooks.on_loss(step, loss))
         if outcome.finite:
             state["bad_steps"] = 0
             window_losses[task_name].append(float(outcome.loss))

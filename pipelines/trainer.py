@@ -9,7 +9,7 @@ from pathlib import Path
 import ray.train
 from ray.train.torch import TorchTrainer
 
-from pipelines import ray_runtime
+from pipelines import cluster_fit, ray_runtime
 from pipelines.stream_spec import StreamSpec
 from pipelines.loop_inputs import LoopHooks, LoopInputs, run_train_loop
 from unip2.run_config import RunConfig
@@ -25,9 +25,12 @@ def worker_count(run: RunConfig) -> int | tuple[int, int]:
 def torch_trainer(run: RunConfig, loop, *, name: str, storage_path: str | None, out: Path,
                   callbacks: list = ()) -> TorchTrainer:
     """A TorchTrainer running ``loop`` (a picklable per-worker function) with ``run.scale``'s workers; its run
-    storage is ``storage_path`` (a shared path or a URI), else ``<out>/ray``."""
+    storage is ``storage_path`` (a shared path or a URI), else ``<out>/ray``. Raises
+    ``cluster_fit.ClusterTooSmall`` (after ``scale.resources_wait_s``) when the cluster cannot hold the workers:
+    Ray Train would wait for them forever."""
     use_gpu = ray_runtime.cluster_has_gpus() if run.scale.use_gpu is None else run.scale.use_gpu
-    resources = {"CPU": run.scale.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
+    cluster_fit.ensure_cluster_fits(run, use_gpu=use_gpu)
+    resources = cluster_fit.worker_resources(run, use_gpu=use_gpu)
     if storage_path is None:
         storage_path = str((out / "ray").resolve())
     elif "://" not in storage_path:  # a path every node sees; a URI (s3://, gs://) goes to Ray as is

@@ -83,6 +83,38 @@ def test_learning_rate_follows_the_linear_rule():
 
     run = load_run_config(overrides=["scale.num_workers=8", "scale.min_workers=2"])
     assert run.learning_rate_scale(8) == 1.0 and run.learning_rate_scale(2) == 0.25
+    # Accumulation alone leaves the run's own peak: the reference is the configured run's global batch.
+    run = load_run_config(overrides=["scale.num_workers=8", "scale.min_workers=2", "train.accumulation_steps=4"])
+    assert run.learning_rate_scale(8) == 1.0 and run.learning_rate_scale(2) == 0.25
+
+
+def test_learning_rate_follows_the_global_batch_against_the_reference():
+    from unip2.run_config import load_run_config
+
+    # base.yaml's reading: optim.lr is the peak of the paper's 64 GPUs × 1 micro-batch.
+    one_node = load_run_config(overrides=["scale.num_workers=8", "train.accumulation_steps=8",
+                                          "optim.lr_reference_workers=64"])
+    assert one_node.learning_rate_scale(8) == 1.0  # 8 GPUs × 8 micro-batches = the reference batch
+    assert load_run_config(overrides=["scale.num_workers=8", "optim.lr_reference_workers=64"]
+                           ).learning_rate_scale(8) == 0.125
+    assert load_run_config(overrides=["scale.num_workers=64", "train.accumulation_steps=2",
+                                      "optim.lr_reference_workers=64"]).learning_rate_scale(64) == 2.0
+
+
+@pytest.mark.parametrize("overrides, field", [
+    (["scale.num_workers=all"], "scale.num_workers"),
+    (["scale.num_workers=0"], "scale.num_workers"),
+    (["scale.resources_wait_s=-1"], "scale.resources_wait_s"),
+    (["train.accumulation_steps=0"], "train.accumulation_steps"),
+    (["train.accumulation_steps=auto"], "train.accumulation_steps"),
+    (["optim.lr_reference_workers=0"], "optim.lr_reference_workers"),
+])
+def test_bad_scale_settings_are_refused_naming_the_field(overrides, field):
+    from unip2.run_config import load_run_config
+
+    with pytest.raises(ConfigError) as err:
+        load_run_config(overrides=overrides)
+    assert err.value.field == field
 
 
 def test_task_input_settings_are_the_recorded_ones_else_the_model_defaults():

@@ -44,3 +44,61 @@ def test_mixed_and_unmixed_steps_agree_on_one_worker(optimizer_name):
         weights[mixed] = module.w.detach().clone()
     assert not torch.equal(weights[False], torch.tensor([1.0, -2.0, 0.5]))  # it moved
     torch.testing.assert_close(weights[True], weights[False])
+
+
+def test_accumulated_micro_batches_give_the_whole_batch_gradient(tiny_config):
+    """Classification's loss is a mean over the batch: two halves, each scaled by 1/2, sum to the whole batch's
+    gradient. (Eval mode: BatchNorm's batch statistics, like dropout, are not decomposable.)"""
+    import numpy as np
+
+    import unip2
+    from unip2.tasks import TASKS
+    from unip2.training_setup import TaskLoss
+
+    torch.manual_seed(0)
+    model = unip2.build_model(tiny_config).eval()
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, size=(4, 3, 64, 64), dtype=np.uint8)
+    labels = np.array([0, 3, 1, 3])
+    collate = TASKS["classification"].collate
+    # lr 0: the step leaves the weights alone, and its gradients stay in .grad until the next step zeroes them.
+    step = TrainingStep(loss_module=TaskLoss(model), optimizer=torch.optim.SGD(model.parameters(), lr=0.0),
+                        omegas={"classification": 1.0}, ratios={"classification": 1.0})
+    runs = {}
+    for name, parts in {"whole": [slice(0, 4)], "halves": [slice(0, 2), slice(2, 4)]}.items():
+        outcome = step("classification", [collate({"images": images[p], "labels": labels[p]}) for p in parts])
+        assert outcome.finite
+        runs[name] = outcome.loss, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    (whole_loss, whole), (halves_loss, halves) = runs["whole"], runs["halves"]
+    torch.testing.assert_close(halves_loss, whole_loss)
+    assert whole.keys() == halves.keys() and sum(g.norm() for g in whole.values()) > 0
+    for name in whole:
+        torch.testing.assert_close(halves[name], whole[name], rtol=1e-4, atol=1e-5, msg=name)  # float noise ~4e-6
+
+
+class CountingSyncLoss(QuadraticLoss):
+    """QuadraticLoss that counts the backward passes DDP would not all-reduce."""
+
+    def __init__(self):
+        super().__init__()
+        self.unsynced = 0
+
+    @contextlib.contextmanager
+    def no_sync(self):
+        self.unsynced += 1
+        yield
+
+
+def test_only_the_last_micro_batch_all_reduces():
+    module = CountingSyncLoss()
+    optimizer = torch.optim.SGD(module.parameters(), lr=0.0)
+    step = TrainingStep(loss_module=module, optimizer=optimizer, omegas={"a": 1.0}, ratios={"a": 1.0})
+    targets = [torch.tensor([0.0, 0.0, 3.0]), torch.tensor([1.0, 1.0, 1.0]), torch.tensor([2.0, -2.0, 0.0])]
+    outcome = step("a", [{"target": t} for t in targets])
+    assert module.unsynced == 2  # micro-batches 1 and 2 of 3
+    mean_gradient = sum(2 * (module.w.detach() - t) for t in targets) / 3
+    torch.testing.assert_close(module.w.grad, mean_gradient)
+    losses = torch.stack([((module.w - t) ** 2).sum() for t in targets]).detach()
+    torch.testing.assert_close(outcome.loss, losses.mean())
+    step("a", {"target": targets[0]})  # one batch: synced as before
+    assert module.unsynced == 2

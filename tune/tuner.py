@@ -115,6 +115,8 @@ def check_spec(spec: SweepSpec) -> RunConfig:
     config_io.validate(spec.settings)
     config_io.validate(spec.space)
     run = base_run(spec)
+    require(run.scale.num_workers != "auto", "scale.num_workers",
+            "a sweep's trials need a number (auto would give every trial the whole cluster)")
     param_space(spec.space, run)
     check_metric(spec.settings.metric, list(run.tasks))
     return run

@@ -78,7 +78,13 @@ class OptimConfig:
     name: Literal["mt_adamw", "adamw"] = "mt_adamw"
     """``mt_adamw``: task-balanced gradient normalization; ``adamw``: the ablation without it."""
     lr: float = 2e-4
-    """Peak learning rate (MT-AdamW steps are ~(1−β1)/s_k / √((1−β2)/s_k) × lr per parameter)."""
+    """Peak learning rate at the reference global batch ``lr_reference_workers`` (MT-AdamW steps are
+    ~(1−β1)/s_k / √((1−β2)/s_k) × lr per parameter)."""
+    lr_reference_workers: int | None = None
+    """The global batch at which ``lr`` is the peak, counted in per-worker batches (workers × accumulation
+    steps; 64 = the paper's 64 GPUs × 1). One rule, linear: a run with W workers and A = ``train.
+    accumulation_steps`` peaks at lr × W × A / this. None = this run's own ``scale.num_workers`` × A: ``lr`` is
+    the peak of the run as configured (an elastic run below ``num_workers`` scales down)."""
     backbone_lr_scale: float = 0.1
     """Learning-rate multiplier of the image backbone: low for a pretrained one (the default run's comes from stage
     1), 1.0 for one trained from scratch."""
@@ -97,6 +103,8 @@ class OptimConfig:
 
     def validate(self, prefix: str = "") -> None:
         require(self.lr > 0, prefix + "lr", "must be > 0")
+        require(self.lr_reference_workers is None or self.lr_reference_workers > 0, prefix + "lr_reference_workers",
+                "must be > 0, or null")
         require(self.backbone_lr_scale >= 0, prefix + "backbone_lr_scale", "must be >= 0")
         require(self.text_lr_scale >= 0, prefix + "text_lr_scale", "must be >= 0")
         require(all(0 <= b < 1 for b in self.betas), prefix + "betas", "must be in [0, 1)")
@@ -132,9 +140,14 @@ class TrainingConfig:
     compile: bool = False
     """``torch.compile`` the backbone and the decoder in place (GPU runs: the first step of every new input
     shape compiles; checkpoints keep their plain parameter names)."""
+    accumulation_steps: int = 1
+    """Micro-batches per optimizer step: every worker trains the step's one task on this many batches of
+    ``tasks.<k>.batch_size`` rows, summing their gradients (DDP all-reduces after the last only), so the
+    global batch is workers × this × batch_size (e.g. the paper's 64 GPUs' batch on one 8-GPU node with 8)."""
 
     def validate(self, prefix: str = "") -> None:
         require(self.steps > 0, prefix + "steps", "must be > 0")
+        require(self.accumulation_steps >= 1, prefix + "accumulation_steps", "must be >= 1")
         require(self.log_every > 0, prefix + "log_every", "must be > 0")
         require(self.checkpoint_every > 0, prefix + "checkpoint_every", "must be > 0")
         require(self.max_bad_steps > 0, prefix + "max_bad_steps", "must be > 0")
@@ -144,12 +157,18 @@ class TrainingConfig:
 class ScaleConfig:
     """Ray cluster resources of the run."""
 
-    num_workers: int = 2
-    """Training workers (one per GPU on a cluster); the most an elastic run uses."""
+    num_workers: int | Literal["auto"] = 2
+    """Training workers (one per GPU on a cluster); the most an elastic run uses. ``auto``: resolved once as the
+    run starts from the cluster's resources: every GPU, else the CPU slots, i.e. cluster CPUs // (cpus_per_worker
+    + data.loader_concurrency × data.loader_cpus), at least 1; the run config saved with the run holds the
+    number, so a resumed run keeps it."""
     min_workers: int | None = None
     """Elastic training: start with as few as this many workers and grow to ``num_workers`` as the cluster
-    allows (a resize restarts from the last checkpoint). The learning rate follows the linear rule
-    lr × W / num_workers for W running workers; None = always exactly ``num_workers``."""
+    allows (a resize restarts from the last checkpoint). The learning rate follows the global batch
+    (``optim.lr_reference_workers``); None = always exactly ``num_workers``."""
+    resources_wait_s: float = 15.0
+    """A start whose workers the cluster cannot hold (``min_workers`` for an elastic run) is refused, naming the
+    resources asked and present, after waiting this long for the cluster to grow (an autoscaler adding nodes)."""
     cpus_per_worker: float = 0.5
     """CPUs reserved per training worker; fractional on small machines so Ray Data keeps CPUs."""
     use_gpu: bool | None = None
@@ -164,9 +183,11 @@ class ScaleConfig:
     """Shared path or cloud URI for Ray Train's run storage; None = ``<out>/ray``."""
 
     def validate(self, prefix: str = "") -> None:
-        require(self.num_workers > 0, prefix + "num_workers", "must be > 0")
-        require(self.min_workers is None or 0 < self.min_workers <= self.num_workers, prefix + "min_workers",
-                f"must be between 1 and num_workers ({self.num_workers}), or null")
+        auto = self.num_workers == "auto"
+        require(auto or self.num_workers > 0, prefix + "num_workers", "must be > 0, or auto")
+        require(self.min_workers is None or 0 < self.min_workers <= (float("inf") if auto else self.num_workers),
+                prefix + "min_workers", f"must be between 1 and num_workers ({self.num_workers}), or null")
+        require(self.resources_wait_s >= 0, prefix + "resources_wait_s", "must be >= 0")
         require(self.cpus_per_worker > 0, prefix + "cpus_per_worker", "must be > 0")
         require(self.threads_per_worker > 0, prefix + "threads_per_worker", "must be > 0")
         require(self.max_failures >= 0, prefix + "max_failures", "must be >= 0")
@@ -257,8 +278,13 @@ class RunConfig:
                 "elastic training needs train.sampling: unmixed (mixed draws depend on the worker count)")
 
     def learning_rate_scale(self, workers: int) -> float:
-        """Linear scaling rule: ``optim.lr`` is the peak for ``scale.num_workers`` workers."""
-        return workers / self.scale.num_workers
+        """Linear scaling rule: the peak learning rate is ``optim.lr`` × this with ``workers`` running, the
+        global batch (workers × ``train.accumulation_steps`` worker batches) over ``optim.lr_reference_workers``."""
+        if self.scale.num_workers == "auto":
+            raise ValueError("scale.num_workers: auto is resolved when the run starts (pipelines/cluster_fit.py)")
+        accumulation = self.train.accumulation_steps
+        reference = self.optim.lr_reference_workers or self.scale.num_workers * accumulation
+        return workers * accumulation / reference
 
     def sampling_ratios(self) -> dict[str, float]:
         """Normalized s_k over the run's tasks."""

@@ -3,9 +3,11 @@
     step = TrainingStep(loss_module=ddp_or_task_loss, optimizer=optimizer,
                         omegas={"retrieval": 1.0, ...}, ratios={"retrieval": 0.2, ...})
     outcome = step("retrieval", collated_batch)       # → StepOutcome(loss, terms, finite)
+    outcome = step("retrieval", [micro_batch_1, micro_batch_2])   # gradient accumulation (train.accumulation_steps)
 
-zero grads → forward (the task's weighted loss) → backward → one global gradient norm, whose finiteness decides
-whether the update is taken → the optimizer:
+zero grads → forward (the task's weighted loss) → backward, per micro-batch (losses scaled by 1/A, DDP's all-reduce
+only after the last) → one global gradient norm, whose finiteness decides whether the update is taken → the
+optimizer:
 - MT-AdamW (the paper's): DDP has averaged the gradients; g = ω_k ∇L_k / ‖∇L_k‖, moments with β/s_k;
 - ``mixed`` sampling (ablation): each worker trains its own task, so backward skips DDP's average; every worker
   forms ω_k g_k/‖g_k‖ itself, the results are averaged, and the optimizer applies them as they are;
@@ -15,7 +17,7 @@ whether the update is taken → the optimizer:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,9 +32,9 @@ from unip2.tasks.base import Gather, local_gather
 @dataclass
 class StepOutcome:
     loss: torch.Tensor
-    """The weighted total loss, detached (0-d, on the model's device: reading it syncs)."""
+    """The weighted total loss, detached (0-d, on the model's device: reading it syncs); the micro-batches' mean."""
     terms: dict[str, torch.Tensor]
-    """The task's unweighted loss terms."""
+    """The task's unweighted loss terms (the micro-batches' mean)."""
     finite: bool
     """False: the loss or gradient was not finite and the update was skipped."""
 
@@ -49,17 +51,26 @@ class TrainingStep:
         self.autocast = autocast if autocast is not None else contextlib.nullcontext()
         self.parameters = [p for group in optimizer.param_groups for p in group["params"]]
 
-    def __call__(self, task: str, batch: dict[str, Any], *,
+    def __call__(self, task: str, batch: dict[str, Any] | Sequence[dict[str, Any]], *,
                  loss_hook: Callable[[torch.Tensor], torch.Tensor] | None = None) -> StepOutcome:
-        """``loss_hook`` may replace the loss before backward (tests inject non-finite losses with it)."""
+        """``batch``: one collated batch, or a list of micro-batches of ``task`` whose gradients are accumulated
+        into one step (equal to the whole batch's when the task's loss is a mean over equal micro-batches).
+        ``loss_hook`` may replace each micro-batch's loss before backward (tests inject non-finite losses)."""
+        micro_batches = [batch] if isinstance(batch, dict) else list(batch)
         self.optimizer.zero_grad(set_to_none=True)
-        # Mixed: forward and backward without DDP's all-reduce; the normalized gradients are averaged below.
-        with self.loss_module.no_sync() if self.mixed else contextlib.nullcontext():
-            with self.autocast:
-                loss, terms = self.loss_module(task, batch, gather=self.gather)
-            if loss_hook is not None:
-                loss = loss_hook(loss)
-            loss.backward()
+        losses, terms = [], []
+        for index, micro_batch in enumerate(micro_batches):
+            # Mixed: no DDP all-reduce at all (the normalized gradients are averaged below); accumulating: only
+            # the last backward all-reduces, the sum of the micro-batches' gradients.
+            last = index == len(micro_batches) - 1
+            with self._no_sync() if self.mixed or not last else contextlib.nullcontext():
+                with self.autocast:
+                    loss, micro_terms = self.loss_module(task, micro_batch, gather=self.gather)
+                if loss_hook is not None:
+                    loss = loss_hook(loss)
+                (loss / len(micro_batches)).backward()
+            losses.append(loss.detach())
+            terms.append(micro_terms)
         omega, s = self.omegas[task], self.ratios[task]
         if self.mixed:  # each worker weights its own task's gradient, then the workers' are averaged
             average_task_gradients(self.parameters, omega, normalize=isinstance(self.optimizer, MTAdamW))
@@ -69,7 +80,12 @@ class TrainingStep:
         finite = bool(torch.isfinite(norm))
         if finite:
             self._update(omega, s, norm)
-        return StepOutcome(loss=loss.detach(), terms=terms, finite=finite)
+        return StepOutcome(loss=torch.stack(losses).mean(), terms=_mean_terms(terms), finite=finite)
+
+    def _no_sync(self) -> contextlib.AbstractContextManager:
+        """DDP's ``no_sync`` (backward without the all-reduce); a module without DDP (one process) has none."""
+        no_sync = getattr(self.loss_module, "no_sync", None)
+        return no_sync() if no_sync is not None else contextlib.nullcontext()
 
     def _update(self, omega: float, s: float, norm: torch.Tensor) -> None:
         if isinstance(self.optimizer, MTAdamW):
@@ -83,3 +99,10 @@ class TrainingStep:
                 if p.grad is not None:
                     p.grad.mul_(omega)
         self.optimizer.step()
+
+
+def _mean_terms(terms: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Each loss term's mean over the micro-batches (one micro-batch: its terms as they are)."""
+    if len(terms) == 1:
+        return terms[0]
+    return {name: torch.stack([t[name].detach().float() for t in terms]).mean() for name in terms[0]}

@@ -63,7 +63,7 @@ def test_data_ingest_streams_the_same_steps_both_ways(embedded_data, ray_local):
     # Both sides yield the stream's own batches: the DataLoader's item t is worker 0's step t.
     spec = data_ingest.ingest_spec(embedded_data, 3)
     item = data_ingest.StepDataset(spec)[2]
-    assert item["step"] == 2 and len(item["batch"]["image_id"]) == spec.run.tasks[item["task"]].batch_size
+    assert item["step"] == 2 and len(item["batches"][0]["image_id"]) == spec.run.tasks[item["task"]].batch_size
 
 
 def test_precision_step_trains_both_precisions(embedded_data, ray_local):

@@ -53,9 +53,9 @@ def test_paper_config_trains_a_step_of_every_task_at_its_image_size(name, embedd
     loss_module, ratios = TaskLoss(model), run.sampling_ratios()
     for task, step in first_step.items():
         item = loader.load(step)
-        assert item["task"] == task and item["batch"]["images"].shape[-1] == sizes[task]
+        assert item["task"] == task and item["batches"][0]["images"].shape[-1] == sizes[task]
         optimizer.zero_grad(set_to_none=True)
-        loss, terms = loss_module(task, TASKS[task].collate(item["batch"]))
+        loss, terms = loss_module(task, TASKS[task].collate(item["batches"][0]))
         assert torch.isfinite(loss), (task, terms)
         loss.backward()
         optimizer.step(omega=run.tasks[task].omega, s=ratios[task])

@@ -100,7 +100,7 @@ def test_two_worker_step_equals_one_process_averaging_the_workers_gradients(ray_
     loss_module = TaskLoss(model)
     loaders = [StepBatchLoader(spec, rank) for rank in range(2)]
     for step in range(2):
-        parts = [loader.load(step)["batch"] for loader in loaders]
+        parts = [loader.load(step)["batches"][0] for loader in loaders]
         optimizer.zero_grad(set_to_none=True)
         # DDP averages the workers' gradients; each worker's BatchNorm normalizes with its own batch.
         for part in parts:
@@ -116,6 +116,44 @@ def test_two_worker_step_equals_one_process_averaging_the_workers_gradients(ray_
     update_ddp = torch.cat([(distributed[n] - initial[n]).flatten() for n in names])
     assert update_single.norm() > 0
     assert (update_ddp - update_single).norm() / update_single.norm() < 1e-3
+
+
+def test_accumulation_splits_the_rows_of_the_larger_batch_into_micro_batches(embedded_data, tiny_config):
+    """A steps of b rows per worker read exactly the rows one step of A × b would: the plan (and its exact resume)
+    is the larger batch's, each micro-batch a consecutive part of it."""
+    from unip2.run_config import load_run_config
+
+    def step_rows(overrides, rank, step):
+        run = load_run_config(overrides=SMALL + [f"data.root={embedded_data}", "train.steps=6", *overrides])
+        run.model.class_names = dict(tiny_config.class_names)
+        item = StepBatchLoader(StreamSpec.of(run, embedded_data), rank).load(step)
+        return item["task"], [[int(i) for i in batch["image_id"]] for batch in item["batches"]]
+
+    tasks = ("tasks={{classification: {{batch_size: {0}}}, detection: {{batch_size: {0}}}, "
+             "retrieval: {{batch_size: {0}}}}}")
+    for rank in (0, 1):
+        for step in range(6):
+            task, parts = step_rows([tasks.format(2)], rank, step)
+            task_a, micro = step_rows([tasks.format(2), "train.accumulation_steps=2"], rank, step)
+            task_b, (whole,) = step_rows([tasks.format(4)], rank, step)
+            assert len(parts) == 1 and len(micro) == 2 and task == task_a == task_b
+            assert [len(m) for m in micro] == [2, 2] and micro[0] + micro[1] == whole
+
+
+def test_a_run_with_gradient_accumulation_trains(ray_local, embedded_data, tmp_path):
+    trace = tmp_path / "trace"
+    trace.mkdir()
+    run, out, root, checkpoint = train(tmp_path, "accumulated", SMALL + [
+        "tasks={classification: {batch_size: 2}, retrieval: {batch_size: 2}}", f"data.root={embedded_data}",
+        "train.steps=4", "train.checkpoint_every=4", "train.accumulation_steps=2"], FaultHooks(trace_dir=trace))
+    state = json.loads((checkpoint / "train_state.json").read_text())
+    assert state["step"] == 4 and state["nonfinite_steps"] == 0
+    assert all(torch.isfinite(v).all() for v in weights(checkpoint).values())
+    lines = [line.split() for r in (0, 1) for line in (trace / f"rank{r}.txt").read_text().splitlines()]
+    assert sorted(int(line[0]) for line in lines) == sorted(list(range(4)) * 4)  # 2 micro-batches × 2 ranks a step
+    for step in range(4):
+        rows = [(line[1], i) for line in lines if int(line[0]) == step for i in line[2:]]
+        assert len(rows) == 8 and len(set(rows)) == 8  # 2 ranks × 2 micro-batches × 2 rows, none twice
 
 
 def test_retrieval_gathers_unequal_batches_when_one_worker_drops_a_corrupt_image(ray_local, embedded_data, tmp_path):
@@ -163,7 +201,7 @@ def test_the_stream_prepares_each_task_with_the_settings_the_checkpoint_records(
     for step in range(run.train.steps):
         task = loader.plan.rows_at(step, 0)[0]
         if task in ("classification", "captioning", "detection") and task not in seen:
-            seen[task] = loader.load(step)["batch"]
+            seen[task] = loader.load(step)["batches"][0]
     assert set(seen) == {"classification", "captioning", "detection"}
     for task, batch in seen.items():
         settings = recorded.task_input_settings(task)
@@ -184,7 +222,8 @@ def test_invalid_config_is_refused_naming_the_field(embedded_data, tmp_path):
         prepare_run(None, ["data.root=/nowhere"], out=str(tmp_path / "c"))
 
 
-def test_cloud_storage_uri_is_passed_to_ray_as_is(embedded_data, tiny_config, tmp_path):
+def test_cloud_storage_uri_is_passed_to_ray_as_is(ray_local, embedded_data, tiny_config, tmp_path):
+    """(On Ray: a trainer is sized against the cluster before it is built.)"""
     from pipelines.trainer import make_trainer
     from unip2.run_config import load_run_config
 

@@ -115,7 +115,7 @@ def test_a_task_defined_in_one_file_trains_evaluates_and_is_saved(registered, em
                         omegas={name: task.omega for name, task in run.tasks.items()})
     before = model.decoder.spe_token.detach().clone()
     item = loader.load(steps[0])
-    outcome = step("image_text_match", registered.collate(item["batch"]))
+    outcome = step("image_text_match", registered.collate(item["batches"][0]))
     assert outcome.finite and set(outcome.terms) == {"loss_match", "loss_mismatch"}
     assert not torch.equal(model.decoder.spe_token, before)
 

@@ -79,7 +79,9 @@ def test_the_command_line_refuses_bad_input_before_starting_anything(tmp_path, c
     assert sweep.main(["--out", str(tmp_path / "c"), "--space", str(tmp_path / "missing.yaml")]) == 2
     assert sweep.main(["--out", str(tmp_path / "d"), "tasks.detection.omega=-1"]) == 2
     assert "tasks.detection.omega" in capsys.readouterr().err
-    assert not any((tmp_path / name).exists() for name in "abcd")
+    assert sweep.main(["--out", str(tmp_path / "e"), "scale.num_workers=auto"]) == 2  # every trial: the whole cluster
+    assert "scale.num_workers" in capsys.readouterr().err
+    assert not any((tmp_path / name).exists() for name in "abcde")
 
 
 def test_metric_names_come_from_the_registry():
