@@ -129,6 +129,11 @@ class TrainingConfig:
     compile: bool = False
     """``torch.compile`` the backbone and the decoder in place (GPU runs: the first step of every new input
     shape compiles; checkpoints keep their plain parameter names)."""
+    activation_checkpointing: bool = False
+    """Recompute the blocks of the backbone, the text encoder and the decoder in backward instead of keeping their
+    activations (``unip2.model.checkpointing``): exact gradients, less memory, about one more forward pass of
+    those stacks per step. Candidate sets are chunked and checkpointed either way (``model.candidate_chunk_tokens``).
+    What it saves per task: docs/scale_out.md ("Memory per GPU")."""
 
     def validate(self, prefix: str = "") -> None:
         require(self.steps > 0, prefix + "steps", "must be > 0")
