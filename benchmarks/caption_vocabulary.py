@@ -14,7 +14,10 @@ its own: time = the best of ``--repeats`` passes; memory = peak resident-set gro
 (CPU) or peak allocated growth (CUDA), and the bytes autograd keeps for backward; FLOPs of one more pass
 (``FlopCounterMode``), which unlike the time do not depend on the machine's load. The work is linear in
 the number of candidates (each is an independent one-token text), so a size that does not fit in memory
-is read off the least-squares line through the measured sizes, and marked as such.
+is read off the least-squares line through the measured sizes, and marked as such. The candidates are encoded
+in one chunk (``model.candidate_chunk_tokens`` raised to the size): these are the costs of the unchunked encoding,
+the activations a chunk of that many candidates holds; a training step chunks them, so its memory stops growing
+past one chunk (``benchmarks/step_memory.py``).
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ def measure_one(candidates: int, *, preset: str, device: str, repeats: int, thre
     config.text.vocab_size = FULL
     config.tasks["captioning"].vocabulary = "training_captions"
     config.tasks["captioning"].token_ids = list(range(candidates))  # holds the end token (id 2)
+    config.candidate_chunk_tokens = max(candidates, config.candidate_chunk_tokens)  # one chunk: unchunked cost
     torch.manual_seed(0)
     model = unip2.build_model(config, padded_tokenizer(config.text)).to(device).train()
     generator = torch.Generator().manual_seed(0)

@@ -3,6 +3,7 @@
     python benchmarks/gpu_step.py                                        # BASE, base.yaml's tasks and batches, cuda
     python benchmarks/gpu_step.py --preset large --steps 30 --out large.json
     python benchmarks/gpu_step.py --compile                              # torch.compile backbone and decoder
+    python benchmarks/gpu_step.py train.activation_checkpointing=true    # recompute the stacks' blocks in backward
     python benchmarks/gpu_step.py --device cpu --preset tiny --steps 3   # CPU smoke (any machine)
 
 A step is what ``pipelines/train_loop.py`` does per step on one worker, without DDP: collate (host →
@@ -39,6 +40,7 @@ from unip2.config import TextConfig
 from unip2.data.prepare import prepare
 from unip2.data.row_reader import RowReader
 from unip2.data.synthetic import SyntheticConfig, generate
+from unip2.model.checkpointing import enable_activation_checkpointing
 from unip2.model.tokenizer import TextTokenizer, tokenizer_for
 from unip2.precision import PRECISIONS, autocast, resolve_precision
 from unip2.run_config import RunConfig, TaskRunConfig, load_run_config
@@ -213,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as folder:
         root, class_names = synthetic_rows(Path(folder))
         model = build(run, class_names, real_sizes=real_sizes).to(device).train()
+        if run.train.activation_checkpointing:  # train.activation_checkpointing=true, as the training loop does
+            enable_activation_checkpointing(model)
         batches = {name: task_batch(name, run, root, model.tokenizer) for name in tasks}
     optimizer = build_optimizer(model, name="mt_adamw", lr=run.optim.lr, betas=run.optim.betas, eps=run.optim.eps,
                                 weight_decay=run.optim.weight_decay, backbone_lr_scale=run.optim.backbone_lr_scale)

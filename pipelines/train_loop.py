@@ -20,6 +20,7 @@ from pipelines.loop_inputs import LoopInputs
 from pipelines.step_stream import stream_steps
 from pipelines.train_checkpoint import load_checkpoint, save_checkpoint
 from unip2.distributed import gather_with_grad
+from unip2.model.checkpointing import enable_activation_checkpointing
 from unip2.model.tokenizer import TextTokenizer
 from unip2.precision import autocast, describe, resolve_precision
 from unip2.run_config import RunConfig
@@ -41,6 +42,8 @@ def train_loop_per_worker(inputs: LoopInputs) -> None:
         torch.set_num_threads(run.scale.threads_per_worker)
     torch.manual_seed(run.train.seed)  # the same initial weights on every rank
     model = unip2.build_model(run.model, TextTokenizer.from_json(spec.tokenizer_json)).to(device)
+    if run.train.activation_checkpointing:
+        enable_activation_checkpointing(model)
     if run.train.compile:
         compile_model(model)
     optimizer = optimizer_for(model, run.optim)

@@ -282,9 +282,19 @@ class ModelConfig:
     """Per-channel mean subtracted from [0, 1] RGB pixels inside the model (match a pretrained backbone's)."""
     pixel_std: tuple[float, float, float] = IMAGENET_STD
     """Per-channel standard deviation the mean-subtracted pixels are divided by."""
+    candidate_chunk_tokens: int = 2048
+    """Candidate sets (class names, vocabulary tokens) go through the text encoder and g in chunks of at most this
+    many text tokens (rows × the set's padded text length, at least one row), in training and at inference. A set
+    of more than one chunk is checkpointed per chunk in training (recomputed in backward, exact gradients), so a
+    step keeps the K×D candidate embeddings and one chunk's activations, not all K candidates'; a set within one
+    chunk runs as one batch, as before. Only memory and speed depend on it, never the results. With BASE's text
+    encoder and decoder a token's activations take ~1.5 MB in fp32, so the default's ~3 GB suits a 24 GB CPU host
+    and leaves an 80 GB GPU's matmuls 2,048 rows tall (docs/benchmarks.md, "Step memory")."""
+
     def validate(self, prefix: str = "") -> None:
         require(self.image_size >= 32, prefix + "image_size", "must be >= 32")
         require(self.image_size % 32 == 0, prefix + "image_size", "must be a multiple of 32")
+        require(self.candidate_chunk_tokens > 0, prefix + "candidate_chunk_tokens", "must be > 0")
         require(len(self.pixel_mean) == 3, prefix + "pixel_mean", "needs 3 values (R, G, B)")
         require(len(self.pixel_std) == 3 and all(s > 0 for s in self.pixel_std), prefix + "pixel_std",
                 "needs 3 values (R, G, B), each > 0")

@@ -144,6 +144,11 @@ class TrainingConfig:
     """Micro-batches per optimizer step: every worker trains the step's one task on this many batches of
     ``tasks.<k>.batch_size`` rows, summing their gradients (DDP all-reduces after the last only), so the
     global batch is workers × this × batch_size (e.g. the paper's 64 GPUs' batch on one 8-GPU node with 8)."""
+    activation_checkpointing: bool = False
+    """Recompute the blocks of the backbone, the text encoder and the decoder in backward instead of keeping their
+    activations (``unip2.model.checkpointing``): exact gradients, less memory, about one more forward pass of
+    those stacks per step. Candidate sets are chunked and checkpointed either way (``model.candidate_chunk_tokens``).
+    What it saves per task: docs/scale_out.md ("Memory per GPU")."""
 
     def validate(self, prefix: str = "") -> None:
         require(self.steps > 0, prefix + "steps", "must be > 0")

@@ -10,7 +10,7 @@ import pytest
 
 from unip2.tasks import TASKS
 from benchmarks import (caption_vocabulary, data_ingest, default_run, flops, optimizer_step, precision_step,
-                        run_all, train_overhead, tune_overhead)
+                        run_all, step_memory, train_overhead, tune_overhead)
 from benchmarks.results_table import goal_met, markdown_table, result, write_results
 
 ROW_KEYS = {"key", "measure", "ours", "baseline", "ratio", "goal", "unit", "met", "details"}
@@ -205,3 +205,22 @@ def test_serve_load_answers_every_image_route(ray_local, tiny_checkpoint):
         assert row["requests"] > 0 and set(row["status"]) == {"200"}, (path, row)
     assert len(figures["replicas"]) == 1
     assert "| all |" in serve_load.markdown(figures)
+
+
+def test_step_memory_measures_each_case_in_a_process_of_its_own(embedded_data):
+    results = step_memory.run(preset="tiny", tasks=["captioning"], batches=[1, 2], checkpointing=["on"],
+                              vocabulary=["16", "full"], steps=1, threads=1, data=str(embedded_data))
+    cases = results["cases"]
+    assert [(c["batch"], c["checkpointing"], c["vocabulary"]) for c in cases] == [
+        (1, True, None), (2, True, None), (2, False, 16), (2, False, "full")]
+    assert all("error" not in c and c["step_s"] > 0 and c["peak_gib"] >= c["growth_gib"] > 0 for c in cases), cases
+    assert cases[2]["candidates"] == "16 vocabulary rows"
+    assert cases[3]["candidates"] == f"{cases[0]['candidates'].split()[0]} vocabulary rows"  # full: the task's own
+    assert set(results["fits"]) <= {"captioning checkpointing=on"}
+    assert "| captioning | 96 | 2 | on |" in step_memory.table(results)
+
+
+def test_step_memory_reads_the_batch_that_fits_off_the_line():
+    points = [{"batch": 1, "peak_gib": 12.0}, {"batch": 4, "peak_gib": 18.0}]  # 10 GiB + 2 GiB per sample
+    assert step_memory.fits(points) == {"80GiB": 35, "40GiB": 15, "per_sample_gib": 2.0, "fixed_gib": 10.0}
+    assert step_memory.fits(points[:1]) == {}

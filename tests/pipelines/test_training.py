@@ -81,11 +81,17 @@ def test_a_worker_failure_resumes_exactly(ray_local, embedded_data, tmp_path):
         assert torch.allclose(a[key], b[key], atol=1e-6), key
 
 
-def test_two_worker_step_equals_one_process_averaging_the_workers_gradients(ray_local, embedded_data, tmp_path):
+# The workers recompute their blocks and class-name chunks in backward (DDP with find_unused_parameters must still
+# see every parameter); the one-process reference keeps its activations.
+MEMORY_SAVING = ["train.activation_checkpointing=true", "model.candidate_chunk_tokens=8"]
+
+
+@pytest.mark.parametrize("memory", [[], MEMORY_SAVING], ids=["plain", "activation_checkpointing"])
+def test_two_worker_step_equals_one_process_averaging_the_workers_gradients(memory, ray_local, embedded_data, tmp_path):
     overrides = SMALL + ["tasks={classification: {batch_size: 3}}", f"data.root={embedded_data}",
                          "train.steps=2", "train.checkpoint_every=2", "optim.warmup_steps=0", "optim.min_lr_ratio=1.0",
                          # A large ε keeps Adam from turning float noise in near-zero gradients into ±lr steps.
-                         "optim.eps=1e-2",
+                         "optim.eps=1e-2", *memory,
                          # fp32: the replica below is compared to 1e-3, below bf16's rounding of the forward.
                          "train.precision=fp32"]
     run, out, root, checkpoint = train(tmp_path, "ddp", overrides)

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from unip2.config import DecoderConfig
+from unip2.model.checkpointing import checkpointed
 from unip2.model.moe import ATTRIBUTES, AttributeGroups, ConditionalMoEFFN, TokenLayout, group_by_attributes
 
 # Token-kind attributes cleared when the <SPE> attributes are derived from the sequence.
@@ -84,6 +85,7 @@ class UnifiedDecoder(nn.Module):
                          top_k=top_k, dropout=dropout)
             for _ in range(num_layers))
         self.norm = nn.LayerNorm(width)
+        self.checkpoint_layers = False  # recompute each layer in backward (``enable_activation_checkpointing``)
         for layer in self.layers:  # BERT-style init; the MoE FFN initializes its own experts
             for linear in (layer.qkv, layer.proj):
                 nn.init.trunc_normal_(linear.weight, std=0.02)
@@ -134,7 +136,10 @@ class UnifiedDecoder(nn.Module):
             attrs = torch.cat([spe_attributes.unsqueeze(1).to(attributes.dtype), attributes], dim=1)  # B×S×A
             groups = group_by_attributes(attrs) if self.layers[0].ffn.gate is not None else None
         for layer in self.layers:
-            x = layer(x, attrs, attn_mask, groups)
+            if self.checkpoint_layers and self.training:
+                x = checkpointed(layer, x, attrs, attn_mask, groups)
+            else:
+                x = layer(x, attrs, attn_mask, groups)
         x = self.norm(x)
         return {"spe": x[:, 0], "tokens": x[:, 1:]}
 

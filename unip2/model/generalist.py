@@ -7,6 +7,7 @@ result against candidate representations with ``score`` (cosine / τ per task fa
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -14,6 +15,7 @@ from torch import nn
 
 from unip2.config import ModelConfig
 from unip2.model.backbone import Backbone
+from unip2.model.checkpointing import checkpointed, layer_checkpointing_paused
 from unip2.model.decoder import UnifiedDecoder
 from unip2.model.image_tokens import GlobalTokens, RegionalTokens
 from unip2.model.moe import TokenLayout
@@ -188,9 +190,7 @@ class UniPerceiverV2(nn.Module):
         ids, mask = self.tokenizer.encode_batch(texts, self.config.text.max_length)
         ids = torch.as_tensor(ids, device=device)
         mask = torch.as_tensor(mask, device=device)
-        tokens = self.encode_text(ids, mask)
-        attributes = self.attributes(tokens, token_text=True, **task_flags)
-        return self.decode(tokens, attributes, padding_mask=mask == 0)["spe"]
+        return self._encode_candidates(ids, mask, padded=True, task_flags=task_flags)
 
     def encode_vocabulary(self, ids: torch.Tensor, **task_flags: bool) -> torch.Tensor:
         """Candidate tokens ``ids`` (K, e.g. the whole vocabulary, or the training captions' tokens), each as its
@@ -200,10 +200,31 @@ class UniPerceiverV2(nn.Module):
 
     def _encode_vocabulary(self, ids: torch.Tensor, **task_flags: bool) -> torch.Tensor:
         ids = ids.to(self.pixel_mean.device).unsqueeze(1)  # K×1
-        mask = torch.ones_like(ids)
-        tokens = self.encode_text(ids, mask)
-        attributes = self.attributes(tokens, token_text=True, **task_flags)
-        return self.decode(tokens, attributes)["spe"]
+        return self._encode_candidates(ids, torch.ones_like(ids), padded=False, task_flags=task_flags)
+
+    def _encode_candidates(self, ids: torch.Tensor, mask: torch.Tensor, *, padded: bool,
+                           task_flags: dict) -> torch.Tensor:
+        """K×L candidate texts (ids, mask; ``padded``: the mask has zeros) → K×D <SPE> outputs.
+
+        In chunks of ``config.candidate_chunk_tokens`` text tokens. With several chunks and autograd on, each
+        chunk is checkpointed (non-reentrant: exact gradients, dropout replayed), so what stays for backward is
+        the K×D outputs and the chunks' inputs; backward recomputes one chunk at a time.
+        """
+        rows = max(1, self.config.candidate_chunk_tokens // ids.shape[1])
+        if ids.shape[0] <= rows:  # one chunk: as one batch, the stacks' own checkpointing (if on) applies
+            return self._encode_chunk(ids, mask, padded, task_flags, False)
+        chunks = [checkpointed(self._encode_chunk, ids[start:start + rows], mask[start:start + rows], padded,
+                               task_flags, True)
+                  for start in range(0, ids.shape[0], rows)]
+        return torch.cat(chunks)  # K×D
+
+    def _encode_chunk(self, ids: torch.Tensor, mask: torch.Tensor, padded: bool, task_flags: dict,
+                      whole: bool) -> torch.Tensor:
+        """C×L texts → C×D; ``whole``: the chunk is checkpointed as a whole, so its layers are not again."""
+        with layer_checkpointing_paused(self.text_encoder, self.decoder) if whole else contextlib.nullcontext():
+            tokens = self.encode_text(ids, mask)  # C×L×D
+            attributes = self.attributes(tokens, token_text=True, **task_flags)
+            return self.decode(tokens, attributes, padding_mask=(mask == 0) if padded else None)["spe"]
 
     def score(self, queries: torch.Tensor, candidates: torch.Tensor, family: str) -> torch.Tensor:
         """cos(queries, candidates) / τ_family: ...×D, M×D → ...×M."""

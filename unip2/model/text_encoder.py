@@ -170,7 +170,9 @@ class TextEncoder(nn.Module):
         """
         if causal:
             attention_mask = self._causal_mask(attention_mask, self.model.embeddings.word_embeddings.weight.dtype)
-        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # B×L×H
+        # An encoder keeps no cache (saying so keeps transformers quiet under activation checkpointing).
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask,
+                            use_cache=False).last_hidden_state  # B×L×H
         return self.proj(hidden)
 
     def _causal_mask(self, attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -43,8 +43,9 @@ class CaptioningOptions(TaskOptions):
     tokens that occur in the training captions, plus the end token (``token_ids``, found when a training run
     starts), so no other token is ever generated. Measured with BASE's text encoder and decoder (vocabulary
     encoding + scoring, forward + backward, batch 2 × 20 tokens, one CPU thread): each candidate costs 1.02
-    GFLOP, ~6 ms and ~1.5 MB of peak memory, so all 50,265 tokens take ~77 GB and ~5 min a captioning step,
-    10,000 tokens ~16 GB and ~1 min (``benchmarks/caption_vocabulary.py``, docs/benchmarks.md)."""
+    GFLOP, ~6 ms and ~1.5 MB of activations, so all 50,265 tokens take ~5 min a captioning step, 10,000 tokens ~1
+    min (``benchmarks/caption_vocabulary.py``, docs/benchmarks.md); encoded in one batch they would hold ~77 GB, in
+    chunks (``model.candidate_chunk_tokens``) they hold one chunk's activations and the K×D embeddings."""
     token_ids: list[int] = field(default_factory=list)
     """The candidate token ids under ``vocabulary: training_captions``: a training run fills them from its
     training captions (``unip2.data.caption_vocabulary``) and they are saved with the model, so inference scores
