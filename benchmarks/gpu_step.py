@@ -16,6 +16,11 @@ tokens), because classification and captioning encode every candidate at every s
 
 FLOPs of one step are counted by ``torch.utils.flop_counter.FlopCounterMode`` (matmuls, convolutions,
 attention; not grid_sample, norms or element-wise ops), so MFU = counted FLOPs × steps/s / peak.
+The JSON is rewritten after every task, so a run cut short keeps what it measured; a task that runs out of
+memory is recorded as such and the next one runs; ``--budget-s`` leaves the tasks it has no time for unmeasured
+(recorded). On CUDA each task's host-device synchronizations per step are counted (CUDA's sync debug mode);
+``benchmarks/gpu_check.py`` runs this script eager and compiled into one JSON.
+
 ``--peak-tflops`` defaults to 989 (H100/H200 SXM bf16 dense) on CUDA with bf16, 495 with fp32 (TF32 dense), and to a
 measured matmul in the step's precision on CPU.
 """
@@ -28,6 +33,7 @@ import resource
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -75,7 +81,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--compile", action="store_true", help="torch.compile the backbone and the decoder")
     parser.add_argument("--real-sizes", choices=["auto", "on", "off"], default="auto",
                         help="pad label spaces and vocabulary to the real datasets' sizes (auto: not for tiny)")
-    parser.add_argument("--out", help="write the results as JSON here")
+    parser.add_argument("--budget-s", type=float, help="stop measuring new tasks after this many seconds (the "
+                                                      "rest are recorded as not measured)")
+    parser.add_argument("--out", help="write the results as JSON here (rewritten after every task)")
     parser.add_argument("overrides", nargs="*", help="key=value run-config overrides, e.g. tasks.captioning.batch_size=16")
     return parser.parse_args(argv)
 
@@ -224,7 +232,13 @@ def main(argv: list[str] | None = None) -> int:
     train_step = TrainingStep(loss_module=TaskLoss(model), optimizer=optimizer, omegas=dict.fromkeys(tasks, 1.0),
                               ratios=dict.fromkeys(tasks, 1.0), autocast=autocast(precision, device))
     steps = {name: make_step(name, batches[name], train_step=train_step, device=device) for name in tasks}
-    flops = {name: count_flops(steps[name]) for name in tasks}  # eager, before any compilation
+    results: dict[str, dict] = {}
+    flops = {}
+    for name in tasks:  # eager, before any compilation
+        try:
+            flops[name] = count_flops(steps[name])
+        except torch.OutOfMemoryError as err:
+            results[name] = out_of_memory(name, err, optimizer, device)
     if args.compile:  # in place (state_dict keys unchanged), the two big stacks, as train.compile would
         compile_model(model)
     measured = args.measure_peak or (args.peak_tflops is None and device.type != "cuda")
@@ -233,25 +247,69 @@ def main(argv: list[str] | None = None) -> int:
     params = sum(p.numel() for p in model.parameters())
     header = {"preset": args.preset, "device": str(device),
               "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-              "precision": precision, "bf16": bf16, "compile": args.compile, "parameters_m": params / 1e6, "peak_tflops": peak,
-              "peak_measured": measured, "real_sizes": real_sizes, "vocab_size": model.tokenizer.vocab_size,
-              "setup_s": time.time() - started, "torch": torch.__version__, "steps": args.steps}
+              "precision": precision, "bf16": bf16, "compile": args.compile,
+              "activation_checkpointing": run.train.activation_checkpointing, "parameters_m": params / 1e6,
+              "peak_tflops": peak, "peak_measured": measured, "real_sizes": real_sizes,
+              "vocab_size": model.tokenizer.vocab_size, "setup_s": time.time() - started, "torch": torch.__version__,
+              "steps": args.steps}
     print(f"[gpu_step] {args.preset}: {params / 1e6:.1f}M parameters on {header['device_name']}, {precision}, "
           f"compile={args.compile}, peak {peak:.2f} TFLOP/s ({'measured' if measured else 'given'})", flush=True)
-    results = {}
+    write_report(args.out, header, results)
     for name in tasks:
-        figures = time_steps(steps[name], device=device, steps=args.steps, warmup=args.warmup)
+        if name in results:
+            continue
+        if args.budget_s and time.time() - started > args.budget_s:
+            results[name] = {"error": f"not measured: the {args.budget_s:g} s budget was spent"}
+            print(f"[gpu_step] {name:22s} {results[name]['error']}", flush=True)
+            continue
+        try:
+            figures = time_steps(steps[name], device=device, steps=args.steps, warmup=args.warmup)
+            figures["syncs_per_step"] = count_syncs(steps[name], device)
+        except torch.OutOfMemoryError as err:
+            results[name] = out_of_memory(name, err, optimizer, device)
+            write_report(args.out, header, results)
+            continue
         figures.update(batch_size=run.tasks[name].batch_size, image_size=run.image_size(name),
                        tflop_per_step=flops[name] / 1e12, collate_ms=collate_ms(name, batches[name], device),
                        mfu=flops[name] * figures["steps_per_s"] / (peak * 1e12))
         results[name] = figures
+        syncs = "" if figures["syncs_per_step"] is None else f" syncs {figures['syncs_per_step']}"
         print(f"[gpu_step] {name:22s} batch {figures['batch_size']:3d} @ {figures['image_size']:4d}px "
               f"{figures['steps_per_s']:7.2f} steps/s {figures['step_ms']:8.1f} ms/step "
               f"(collate {figures['collate_ms']:6.1f} ms) {figures['tflop_per_step']:8.3f} TFLOP/step "
-              f"MFU {100 * figures['mfu']:5.1f}% peak mem {figures['peak_mem_gib']:6.2f} GiB", flush=True)
-    if args.out:
-        Path(args.out).write_text(json.dumps({**header, "tasks": results}, indent=2))
+              f"MFU {100 * figures['mfu']:5.1f}% peak mem {figures['peak_mem_gib']:6.2f} GiB{syncs}", flush=True)
+        write_report(args.out, header, results)  # each task's figures as soon as they exist
     return 0
+
+
+def write_report(out: str | None, header: dict, results: dict) -> None:
+    """The JSON so far (rewritten after every task, so a run cut short keeps what it measured)."""
+    if out:
+        Path(out).write_text(json.dumps({**header, "tasks": results}, indent=2))
+
+
+def out_of_memory(name: str, err: Exception, optimizer, device: torch.device) -> dict:
+    """Record a task's out-of-memory and free what its step held, so the next task starts clean."""
+    optimizer.zero_grad(set_to_none=True)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    print(f"[gpu_step] {name:22s} out of memory", flush=True)
+    return {"error": f"out of memory: {str(err).splitlines()[0]}"}
+
+
+def count_syncs(step, device: torch.device) -> int | None:
+    """Host-device synchronizations in one step, as CUDA's sync debug mode reports them (None off CUDA)."""
+    if device.type != "cuda":
+        return None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize(device)
+    return sum("synchroniz" in str(w.message) for w in caught)
 
 
 if __name__ == "__main__":

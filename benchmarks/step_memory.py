@@ -15,13 +15,13 @@ and without ``train.activation_checkpointing``; then captioning at the largest b
 size as its candidates (``vocabulary: training_captions`` with the first K token ids; ``full``: all of them).
 
 From two batch sizes, each task's peak is fitted as fixed + per-sample × batch, and the per-device batch that
-fits in 80 and 40 GiB is read off that line. On CPU the activations are fp32: an upper bound on a bf16 GPU's.
+fits in 80 and 40 GiB is read off that line. The step runs in the config's ``train.precision`` (bf16 autocast where
+the hardware has it; ``train.precision=fp32`` for fp32 activations, an upper bound on a bf16 GPU's).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import resource
 import subprocess
@@ -79,6 +79,7 @@ def measure_one(case: dict, *, preset: str, config: Path, data: Path, device: st
     from unip2.model.checkpointing import enable_activation_checkpointing
     from unip2.run_config import TaskRunConfig, load_run_config
     from unip2.training_setup import TaskLoss, optimizer_for
+    from unip2.precision import autocast, resolve_precision
     from unip2.training_step import TrainingStep
 
     torch.set_num_threads(threads)
@@ -94,10 +95,9 @@ def measure_one(case: dict, *, preset: str, config: Path, data: Path, device: st
     if case["checkpointing"]:
         enable_activation_checkpointing(model)
     np_batch = task_batch(task, run, data, model.tokenizer)
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and run.train.bf16
-                else contextlib.nullcontext())
+    precision = resolve_precision(run.train.precision, device)
     train_step = TrainingStep(loss_module=TaskLoss(model), optimizer=optimizer_for(model, run.optim),
-                              omegas={task: 1.0}, ratios={task: 1.0}, autocast=autocast)
+                              omegas={task: 1.0}, ratios={task: 1.0}, autocast=autocast(precision, device))
     step = make_step(task, np_batch, train_step=train_step, device=device)
     before = current_bytes(device)
     if device.type == "cuda":

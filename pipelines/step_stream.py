@@ -61,10 +61,12 @@ class StepBatchLoader:
 
 
 def stream_steps(spec: StreamSpec, *, rank: int, start: int, concurrency: int, num_cpus: float, prefetch: int,
-                 steps_per_block: int = 1, window: int = 1000):
+                 steps_per_block: int = 1, window: int = 100_000):
     """Iterate ``(step, task, [numpy micro-batch | None], skipped)`` for steps start..total-1 of worker ``rank``.
 
-    Steps go through Ray Data in windows of ``window`` steps, ``steps_per_block`` steps per block: one
+    Steps go through Ray Data in windows of ``window`` steps (each window is one dataset, whose loader actors
+    start when it does: a few seconds without batches, so windows are long: every shipped recipe's run is one
+    window but the paper's, which starts a pool once per 100,000 steps), ``steps_per_block`` steps per block: one
     loader call decodes a block, so Ray's fixed cost per block is shared by its steps, while a small
     block still hands its batches over soon after they are decoded.
     """

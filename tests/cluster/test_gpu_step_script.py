@@ -72,3 +72,32 @@ def test_real_sizes_pad_the_vocabulary_and_label_spaces():
     assert len(model.config.class_names["imagenet"]) == 1000 and len(model.config.class_names["coco"]) == 80
     assert model.config.class_names["imagenet"][:2] == ["n01", "n02"]  # the data's labels keep their indices
     assert model.tokenizer.vocab_size == 600
+
+
+def test_the_gpu_check_runs_eager_and_compiled_into_one_json(tmp_path):
+    """benchmarks/gpu_check.py as a GPU host would run it, here on the CPU with the tiny preset and one task."""
+    out = tmp_path / "check.json"
+    done = subprocess.run([sys.executable, str(SCRIPT.parent / "gpu_check.py"), "--device", "cpu", "--preset", "tiny",
+                           "--steps", "1", "--warmup", "0", "--budget-s", "600", "--out", str(out), "--threads", "1",
+                           "--tasks", "language_modelling"], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert list(report) == ["eager", "compiled"]
+    assert [report[mode]["compile"] for mode in report] == [False, True]
+    for mode in report.values():
+        figures = mode["tasks"]["language_modelling"]
+        assert figures["steps_per_s"] > 0 and figures["mfu"] > 0
+        assert figures["syncs_per_step"] is None  # counted on CUDA only
+
+
+def test_an_out_of_memory_is_recorded_in_the_report(tmp_path):
+    """A task's out-of-memory becomes its record (the loop then goes on to the next task), kept in the JSON."""
+    import torch
+
+    script = load_script()
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.ones(2))], lr=0.1)
+    record = script.out_of_memory("captioning", torch.OutOfMemoryError("CUDA out of memory. Tried to allocate"),
+                                  optimizer, torch.device("cpu"))
+    assert record == {"error": "out of memory: CUDA out of memory. Tried to allocate"}
+    script.write_report(str(tmp_path / "r.json"), {"preset": "base"}, {"captioning": record})
+    assert json.loads((tmp_path / "r.json").read_text())["tasks"]["captioning"] == record
