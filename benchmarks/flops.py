@@ -1,11 +1,13 @@
-"""Model FLOP/s in forward + backward over the matmul peak FLOP/s of the same machine (CPU, fp32).
+"""Model FLOP/s in forward + backward over the matmul peak FLOP/s of the same machine (CPU), in the step's precision.
 
     python benchmarks/flops.py [--rounds 3 --steps 3 --threads 1] [--profile]
 
 FLOPs of one forward + backward of each task's default-run batch are counted by
 ``torch.utils.flop_counter.FlopCounterMode`` (matmuls, convolutions, attention). The peak is the best of
 square fp32 matmuls (``--matmul-n``) with the same thread count. Rounds alternate one peak block with one
-block of every task, so load on the shared machine hits both; both sides take their best block.
+block of every task, so load on the shared machine hits both; both sides take their best block. The step runs
+in the default run's ``train.precision`` (bf16 autocast where the CPU has native bf16) and the peak is measured
+in the same dtype: bf16 matmuls against a bf16 step, fp32 against fp32.
 ``--profile`` prints the torch profiler's top operators of one step per task (where the time goes).
 """
 
@@ -28,9 +30,9 @@ MEASURE = "model fwd+bwd FLOP/s / matmul peak FLOP/s"
 GOAL = ">= 0.4"
 
 
-def matmul_gflops(n: int, repeats: int = 3) -> float:
-    """GFLOP/s of ``repeats`` n×n fp32 matmuls."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_gflops(n: int, repeats: int = 3, dtype: torch.dtype = torch.float32) -> float:
+    """GFLOP/s of ``repeats`` n×n matmuls in ``dtype``."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     a @ b
     start = time.perf_counter()
     for _ in range(repeats):
@@ -39,13 +41,17 @@ def matmul_gflops(n: int, repeats: int = 3) -> float:
 
 
 def make_steps(data_root: str | Path):
-    """{task: forward + backward of its default-run batch} on the tiny model (train mode)."""
+    """{task: forward + backward of its default-run batch} on the tiny model (train mode), in the run's
+    precision."""
     import unip2
     from benchmarks.run_inputs import default_run, task_batches
+    from unip2.precision import autocast, resolve_precision
     from unip2.tasks import TASKS
     from unip2.training_setup import TaskLoss
 
     run = default_run(data_root)
+    cpu = torch.device("cpu")
+    precision = resolve_precision(run.train.precision, cpu)
     torch.manual_seed(0)
     model = unip2.build_model(run.model).train()
     loss_module = TaskLoss(model)
@@ -55,7 +61,8 @@ def make_steps(data_root: str | Path):
     def step_of(name: str):
         def step() -> None:
             model.zero_grad(set_to_none=True)
-            loss, _ = loss_module(name, batches[name])
+            with autocast(precision, cpu):
+                loss, _ = loss_module(name, batches[name])
             loss.backward()
         return step
 
@@ -82,15 +89,19 @@ def profile(steps: dict, rows: int = 12) -> None:
 
 
 def run(data_root: str | Path, *, rounds: int = 3, steps: int = 3, threads: int = 1, matmul_n: int = 1024) -> dict:
+    from unip2.precision import resolve_precision
+
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        task_steps, _ = make_steps(data_root)
+        task_steps, run_config = make_steps(data_root)
+        precision = resolve_precision(run_config.train.precision, torch.device("cpu"))
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         flops = {name: count_flops(step) for name, step in task_steps.items()}  # also the warm-up
         peaks: list[float] = []
         times: dict[str, list[float]] = {name: [] for name in task_steps}
         for _ in range(rounds):
-            peaks.append(matmul_gflops(matmul_n))
+            peaks.append(matmul_gflops(matmul_n, dtype=dtype))
             for name, step in task_steps.items():
                 start = time.perf_counter()
                 for _ in range(steps):
@@ -107,8 +118,8 @@ def run(data_root: str | Path, *, rounds: int = 3, steps: int = 3, threads: int 
     return result(KEY, measure=MEASURE, ours=model_gflops, baseline=peak, ratio=model_gflops / peak, goal=GOAL,
                   unit="GFLOP/s", details={
                       "per_task": per_task, "peak_gflops_rounds": peaks, "threads": threads, "matmul_n": matmul_n,
-                      "rounds": rounds, "steps_per_block": steps,
-                      "note": f"tiny preset, default-run batches, fp32, {threads} thread; "
+                      "rounds": rounds, "steps_per_block": steps, "precision": precision,
+                      "note": f"tiny preset, default-run batches, {precision}, {threads} thread; "
                               + ", ".join(f"{n} {v['utilization']:.2f}" for n, v in per_task.items())})
 
 

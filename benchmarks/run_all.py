@@ -15,7 +15,7 @@ is recorded as failed and the rest still run.
 | key | what | goal |
 |---|---|---|
 | optimizer_ratio | MT-AdamW step / AdamW(foreach=True) step, tiny model | <= 1.3 |
-| flops_utilization | fwd+bwd FLOP/s (FlopCounterMode) / matmul peak FLOP/s | >= 0.4 |
+| flops_utilization | fwd+bwd FLOP/s (FlopCounterMode) / matmul peak FLOP/s, both in the step's precision | >= 0.4 |
 | data_ingest_ratio | Ray Data rows/s / DataLoader rows/s, same CPUs | >= 1.0 |
 | train_overhead_ratio | Ray Train step (2 workers) / bare torch DDP step | <= 1.05 |
 | bf16_step_speedup | the default run's Ray Train step in fp32 / in bf16 (`train.precision`) | >= 1.5 |

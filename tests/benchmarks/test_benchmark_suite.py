@@ -9,8 +9,8 @@ import textwrap
 import pytest
 
 from unip2.tasks import TASKS
-from benchmarks import (caption_vocabulary, data_ingest, default_run, flops, optimizer_step, precision_step,
-                        run_all, step_memory, train_overhead, tune_overhead)
+from benchmarks import (caption_vocabulary, data_ingest, default_run, flops, layer_masks, optimizer_step,
+                        precision_step, run_all, step_memory, train_overhead, tune_overhead)
 from benchmarks.results_table import goal_met, markdown_table, result, write_results
 
 ROW_KEYS = {"key", "measure", "ours", "baseline", "ratio", "goal", "unit", "met", "details"}
@@ -224,3 +224,11 @@ def test_step_memory_reads_the_batch_that_fits_off_the_line():
     points = [{"batch": 1, "peak_gib": 12.0}, {"batch": 4, "peak_gib": 18.0}]  # 10 GiB + 2 GiB per sample
     assert step_memory.fits(points) == {"80GiB": 35, "40GiB": 15, "per_sample_gib": 2.0, "fixed_gib": 10.0}
     assert step_memory.fits(points[:1]) == {}
+
+
+def test_layer_masks_times_both_ways(embedded_data):
+    report = layer_masks.run(embedded_data, rounds=1, steps=1)
+    assert set(report["per_task"]) == {"classification", "detection", "captioning", "retrieval"}
+    for figures in report["per_task"].values():
+        assert figures["ours_ms"] > 0 and figures["baseline_ms"] > 0
+        assert figures["ratio"] == figures["baseline_ms"] / figures["ours_ms"]
