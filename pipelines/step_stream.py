@@ -24,6 +24,7 @@ import ray
 from pipelines.stream_spec import StreamSpec
 from unip2.data.row_reader import RowReader
 from unip2.model.tokenizer import TextTokenizer
+from unip2.training_setup import TEXT_LENGTH_MULTIPLE
 from unip2.tasks import TASKS
 from unip2.tasks.preprocessing import UndecodableImage
 
@@ -35,6 +36,8 @@ class StepBatchLoader:
         self.spec, self.rank = spec, rank
         self.plan = spec.plan()
         self.tokenizer = TextTokenizer.from_json(spec.tokenizer_json)
+        if spec.run.train.compile:  # a few text lengths, so the compiled modules see a bounded set of shapes
+            self.tokenizer.pad_to_multiple_of = TEXT_LENGTH_MULTIPLE
         # A task's datasets read as one row space (the plan's num_rows counts them together).
         self.readers = {task: RowReader(spec.data_root, spec.run.train_datasets(task), "train")
                         for task in spec.run.tasks}

@@ -138,8 +138,11 @@ class TrainingConfig:
     weights, the optimizer, scores, softmax, losses and box math stay fp32 (``unip2.precision``). Evaluation takes
     the same setting."""
     compile: bool = False
-    """``torch.compile`` the backbone and the decoder in place (GPU runs: the first step of every new input
-    shape compiles; checkpoints keep their plain parameter names)."""
+    """``torch.compile`` every heavy module in place (``unip2.training_setup.compile_model``: backbone, proposals,
+    token builders, text encoder, decoder; each traces as one graph per task). The first step of every task and
+    text-length bucket compiles (text batches are padded to multiples of 8 then); checkpoints keep their plain
+    parameter names. Off by default: at the tiny preset on CPUs compiling costs more than it saves
+    (docs/full_size_step.md)."""
     accumulation_steps: int = 1
     """Micro-batches per optimizer step: every worker trains the step's one task on this many batches of
     ``tasks.<k>.batch_size`` rows, summing their gradients (DDP all-reduces after the last only), so the

@@ -28,11 +28,25 @@ class TaskLoss(nn.Module):
         return total_loss(terms, TASKS[task].loss_weights(self.model)), terms
 
 
+# Heavy modules that trace as one graph for every task (tests/model/test_static_graphs.py), compiled whole.
+COMPILED_MODULES = ("backbone", "proposals", "global_tokens", "regional_tokens", "text_encoder", "decoder")
+# Text batches of a compiled run are padded to a multiple of this (TextTokenizer.pad_to_multiple_of): with texts
+# of at most 32 tokens, 4 lengths per task.
+TEXT_LENGTH_MULTIPLE = 8
+# Graphs one module may hold: each task's shapes (its sequence layout, the text-length buckets, candidate chunks)
+# compile once; past this dynamo would fall back to eager for new shapes.
+RECOMPILE_LIMIT = 64
+
+
 def compile_model(model: nn.Module) -> nn.Module:
-    """``torch.compile`` the two big stacks, backbone and decoder, in place (``Module.compile``): the
-    state dict keeps its names, so checkpoints and DDP see the same parameters."""
-    model.backbone.compile()
-    model.decoder.compile()
+    """``torch.compile`` every heavy module in place (``Module.compile``, static shapes: one graph per task and
+    input shape, bounded by the text-length buckets): the state dict keeps its names, so checkpoints and DDP see
+    the same parameters."""
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+    torch._dynamo.config.accumulated_recompile_limit = max(torch._dynamo.config.accumulated_recompile_limit,
+                                                           RECOMPILE_LIMIT * len(COMPILED_MODULES))
+    for name in COMPILED_MODULES:
+        getattr(model, name).compile(dynamic=False)
     return model
 
 

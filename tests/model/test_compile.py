@@ -1,5 +1,5 @@
-"""``train.compile``: the backbone and decoder compiled in place give the same loss and gradients, and the
-state dict keeps its names (checkpoints of compiled runs load into plain models)."""
+"""``train.compile``: every heavy module compiled in place gives the same loss and gradients, and the state dict
+keeps its names (checkpoints of compiled runs load into plain models)."""
 
 import numpy as np
 import torch
@@ -7,7 +7,7 @@ import torch
 import unip2
 from unip2.tasks import TASKS
 from unip2.tasks.base import to_device_function
-from unip2.training_setup import TaskLoss, compile_model
+from unip2.training_setup import COMPILED_MODULES, TaskLoss, compile_model
 
 
 def test_compiled_model_matches_the_plain_one(tiny_config):
@@ -29,6 +29,7 @@ def test_compiled_model_matches_the_plain_one(tiny_config):
         grads.append(model.backbone.body.conv1[0].weight.grad.clone())
     assert torch.allclose(losses[0], losses[1], rtol=1e-4, atol=1e-5)
     assert torch.allclose(grads[0], grads[1], rtol=1e-3, atol=1e-6)
+    assert all(getattr(compiled, name)._compiled_call_impl is not None for name in COMPILED_MODULES)
 
 
 def test_to_device_on_cpu_is_a_view_of_the_array():

@@ -94,3 +94,16 @@ def test_cli_trains_on_a_coco_style_folder(tmp_path):
     assert trained.vocab_size <= 300
     ids, _ = trained.encode_batch(["red circle"], 16)
     assert trained.decode(ids[0]) == "red circle"
+
+
+def test_padding_to_a_multiple_bounds_the_lengths(tokenizer):
+    """A compiled run pads to multiples of 8 (never past max_length): a few shapes instead of every length."""
+    bucketed = TextTokenizer.from_json(tokenizer.to_json())
+    bucketed.pad_to_multiple_of = 8
+    plain_ids, plain_mask = tokenizer.encode_batch(SENTENCES, max_length=64)
+    ids, mask = bucketed.encode_batch(SENTENCES, max_length=64)
+    assert ids.shape[1] % 8 == 0 and plain_ids.shape[1] <= ids.shape[1] < plain_ids.shape[1] + 8
+    assert (ids[:, :plain_ids.shape[1]] == plain_ids).all() and (mask[:, :plain_mask.shape[1]] == plain_mask).all()
+    assert (ids[:, plain_ids.shape[1]:] == tokenizer.pad_id).all() and (mask[:, plain_ids.shape[1]:] == 0).all()
+    short, _ = bucketed.encode_batch(SENTENCES, max_length=6)
+    assert short.shape[1] == 6  # capped at max_length

@@ -49,7 +49,10 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Tokenizer:
 class TextTokenizer:
     """A ``tokenizers.Tokenizer`` with batch encoding to padded numpy arrays."""
 
-    def __init__(self, *, tokenizer: Tokenizer):
+    def __init__(self, *, tokenizer: Tokenizer, pad_to_multiple_of: int = 1):
+        """``pad_to_multiple_of``: batches are padded to their longest text rounded up to this multiple (at most
+        ``max_length``), so a compiled model sees a few text lengths, not every one (``train.compile``)."""
+        self.pad_to_multiple_of = pad_to_multiple_of
         self._tokenizer = tokenizer
         self._tokenizer.no_padding()
         self._tokenizer.no_truncation()
@@ -152,7 +155,8 @@ class TextTokenizer:
                             for t in self._tokenizer.get_added_tokens_decoder().values() if t.special))
 
     def encode_batch(self, texts: Sequence[str], max_length: int) -> tuple[np.ndarray, np.ndarray]:
-        """texts → (ids, attention_mask), both int64 B×L with L = the longest encoding (≤ max_length).
+        """texts → (ids, attention_mask), both int64 B×L with L = the longest encoding (≤ max_length), rounded up
+        to a multiple of ``pad_to_multiple_of`` (≤ max_length).
 
         Special tokens included; a text over ``max_length`` is cut so that its end token is kept.
         Padding uses ``pad_id`` and attention_mask 0.
@@ -167,6 +171,8 @@ class TextTokenizer:
             encoding.truncate(max_length - special)
         encodings = [self._tokenizer.post_process(encoding) for encoding in encodings]
         length = max((len(e.ids) for e in encodings), default=0)
+        if self.pad_to_multiple_of > 1:
+            length = min(max_length, -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of)
         ids = np.full((len(encodings), length), self.pad_id, dtype=np.int64)
         mask = np.zeros((len(encodings), length), dtype=np.int64)
         for row, encoding in enumerate(encodings):
