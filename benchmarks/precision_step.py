@@ -11,8 +11,6 @@ how much faster the step runs in bf16 (on a CPU without native bf16, ``auto`` is
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import statistics
 import sys
 import tempfile
@@ -21,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.results_table import result  # noqa: E402
-from benchmarks.train_overhead import bench_run, ray_train_step_s  # noqa: E402
+from benchmarks.train_overhead import bench_run, ray_train_step_s, training_benchmark_main  # noqa: E402
 
 KEY = "bf16_step_speedup"
 MEASURE = "default run's Ray Train step, fp32 time / bf16 time (train.precision)"
@@ -60,24 +58,7 @@ def run(data_root: str | Path, *, steps: int = 60, log_every: int = 10, rounds: 
 
 
 def main(argv: list[str] | None = None) -> None:
-    import ray
-
-    from benchmarks.run_inputs import embedded_data
-    from pipelines import ray_runtime
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", help="converted data folder (default: the embedded default data)")
-    parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--log-every", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=2)
-    args = parser.parse_args(argv)
-    data_root = args.data or embedded_data()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
-             runtime_env={"env_vars": dict(ray_runtime.RAY_ENVIRONMENT)})
-    with contextlib.ExitStack() as stack:
-        stack.callback(ray.shutdown)
-        row = run(data_root, steps=args.steps, log_every=args.log_every, rounds=args.rounds)
-    print({k: v for k, v in row.items() if k != "details"}, row["details"]["rounds_step_ms"])
+    training_benchmark_main(run, __doc__.split("\n\n")[0], argv, rounds=2)
 
 
 if __name__ == "__main__":

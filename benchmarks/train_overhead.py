@@ -155,25 +155,31 @@ def run(data_root: str | Path, *, steps: int = 60, log_every: int = 10, rounds: 
                               f"median of {rounds} alternating rounds"})
 
 
-def main(argv: list[str] | None = None) -> None:
+def training_benchmark_main(run_fn, description: str, argv: list[str] | None = None, *, rounds: int = 1) -> None:
+    """The command line of a benchmark that trains the default run on a local Ray of 2 CPUs: ``run_fn(data_root,
+    steps=, log_every=, rounds=)`` → a result row, printed with its rounds."""
+    import ray
+
     from benchmarks.run_inputs import embedded_data
     from pipelines import ray_runtime
 
-    import ray
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--data", help="converted data folder (default: the embedded default data)")
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--log-every", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=rounds)
     args = parser.parse_args(argv)
     data_root = args.data or embedded_data()
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
              runtime_env={"env_vars": dict(ray_runtime.RAY_ENVIRONMENT)})
     with contextlib.ExitStack() as stack:
         stack.callback(ray.shutdown)
-        row = run(data_root, steps=args.steps, log_every=args.log_every, rounds=args.rounds)
+        row = run_fn(data_root, steps=args.steps, log_every=args.log_every, rounds=args.rounds)
     print({k: v for k, v in row.items() if k != "details"}, row["details"]["rounds_step_ms"])
+
+
+def main(argv: list[str] | None = None) -> None:
+    training_benchmark_main(run, __doc__.split("\n\n")[0], argv)
 
 
 if __name__ == "__main__":
