@@ -14,12 +14,10 @@ from __future__ import annotations
 import contextlib
 import functools
 from pathlib import Path
-from typing import Literal
 
 import torch
 
 PRECISIONS = ("auto", "bf16", "fp32")
-Precision = Literal["auto", "bf16", "fp32"]
 # CPU flags of native bf16 arithmetic (Linux /proc/cpuinfo names): AVX512-BF16 (AMD Zen 4+, Intel Cooper Lake+),
 # AMX-BF16 (Intel Sapphire Rapids+).
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")

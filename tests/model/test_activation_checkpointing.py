@@ -12,6 +12,8 @@ from unip2.data.row_reader import RowReader
 from unip2.model.checkpointing import enable_activation_checkpointing
 from unip2.tasks import TASKS, total_loss
 
+from saved_tensors import kept_for_backward
+
 
 @pytest.fixture(scope="module")
 def config(tiny_config):
@@ -42,18 +44,9 @@ def task_batch(name, model, root, rows=2):
 
 def step(model, name, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
     """One task's loss → (loss, gradients, bytes autograd kept for backward besides the parameters)."""
-    parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    saved: dict[int, int] = {}
-
-    def keep(tensor):
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in parameters:
-            saved[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
     model.zero_grad(set_to_none=True)
     torch.manual_seed(3)
-    with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
+    with kept_for_backward(model) as saved:
         loss = total_loss(TASKS[name].loss(model, batch), TASKS[name].loss_weights(model))
     loss.backward()
     return loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}, sum(saved.values())

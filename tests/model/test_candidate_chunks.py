@@ -8,6 +8,8 @@ import torch
 
 import unip2
 
+from saved_tensors import kept_for_backward
+
 FLAGS = dict(token_is_target=True, input_image=True, target_text=True)
 NAMES = [f"a shape of kind number {i}" if i % 3 else f"kind {i}" for i in range(40)]  # padded lengths differ
 
@@ -85,16 +87,7 @@ def test_dropout_is_replayed_when_a_chunk_is_recomputed(model):
 
 def saved_bytes(model, count: int) -> int:
     """Bytes autograd keeps for backward when ``count`` vocabulary tokens are encoded (parameters not counted)."""
-    parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    saved: dict[int, int] = {}
-
-    def keep(tensor):
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in parameters:
-            saved[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
+    with kept_for_backward(model) as saved:
         encoded = model.encode_vocabulary(torch.arange(count), **FLAGS)
         encoded.square().sum()  # keeps the K×D outputs, as scoring them does
     return sum(saved.values())

@@ -168,8 +168,8 @@ class ConditionalMoEFFN(nn.Module):
     def layout_gate_probabilities(self, layout: TokenLayout) -> torch.Tensor:
         """U×E merge weights of ``layout.rows()``. The gate is linear in binary attributes, so a row's logits are
         the bias plus the weight columns of its set attributes: slices only, no tensor made from host data."""
-        columns = {name: self.gate.weight[:, index] for index, name in enumerate(ATTRIBUTES)}
-        logits = torch.stack([sum((columns[name] for name in ATTRIBUTES if name in names), self.gate.bias)
+        weight, bias = self.gate.weight, self.gate.bias
+        logits = torch.stack([sum((weight[:, i] for i, name in enumerate(ATTRIBUTES) if name in names), bias)
                               for names in layout.rows()])
         return self._top_k(logits)
 
