@@ -1,5 +1,4 @@
-"""What launching a training run needs of the per-worker loops (training, stage-1 pretraining): their inputs and
-entry points.
+"""What the per-worker loops (training, stage-1 pretraining) receive: data only.
 
 Kept apart from ``pipelines.train_loop`` so that the process that starts a TorchTrainer (a driver, a Tune trial
 actor) does not import the model, timm and transformers (~3 s in a fresh process): only the workers do.
@@ -42,14 +41,6 @@ class LoopInputs:
     hooks: LoopHooks = field(default_factory=LoopHooks)
 
 
-def run_train_loop(inputs: LoopInputs) -> None:
-    """The function each Ray Train worker runs: ``pipelines.train_loop.train_loop_per_worker``, imported in the
-    worker."""
-    from pipelines.train_loop import train_loop_per_worker
-
-    train_loop_per_worker(inputs)
-
-
 METRICS = "metrics.json"
 """Stage 1's result: the encoders' validation accuracy and training curves, beside the weights."""
 
@@ -62,11 +53,3 @@ class PretrainInputs:
     """The stage-1 run (its tasks: the encoders' tasks) and its resolved data stream."""
     class_names: list[str]
     """The classifier's label names, in label order."""
-
-
-def run_pretrain_loop(inputs: PretrainInputs) -> None:
-    """The function each stage-1 worker runs: ``pipelines.pretrain_loop.pretrain_loop_per_worker``, imported in the
-    worker."""
-    from pipelines.pretrain_loop import pretrain_loop_per_worker
-
-    pretrain_loop_per_worker(inputs)

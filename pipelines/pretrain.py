@@ -29,7 +29,9 @@ from pathlib import Path
 
 from pipelines import ray_runtime  # (first: sets Ray's environment before ray is imported)
 from pipelines.cluster_fit import ClusterTooSmall
-from pipelines.loop_inputs import METRICS, PretrainInputs, run_pretrain_loop
+from pipelines.loop_inputs import METRICS, PretrainInputs
+from pipelines.run_setup import RUN_CONFIG_FILE, prepare_run, resolve_data
+from pipelines.trainer import checkpoint_to_local, torch_trainer
 from pipelines.stream_spec import StreamSpec
 from unip2 import config_io
 from unip2.data.manifest import MANIFEST_FILE
@@ -90,11 +92,17 @@ def cache_folder(run: RunConfig, stage: RunConfig, data_root: Path) -> Path:
     return Path(run.data.cache_dir).expanduser().resolve() / "pretrained" / name
 
 
+def run_pretrain_loop(inputs: PretrainInputs) -> None:
+    """The function each stage-1 worker runs: ``pipelines.pretrain_loop.pretrain_loop_per_worker``, imported in the
+    worker only."""
+    from pipelines.pretrain_loop import pretrain_loop_per_worker
+
+    pretrain_loop_per_worker(inputs)
+
+
 def run_stage1(stage: RunConfig, *, data_root: Path, out: Path, target: Path) -> dict:
     """Train stage 1 on the connected Ray (run storage under ``out``; rerunning resumes) and move its outputs
     into ``target``; returns its metrics."""
-    from pipelines.trainer import checkpoint_to_local, torch_trainer
-
     inputs = PretrainInputs(stream=StreamSpec.of(stage, data_root),
                             class_names=list(stage.model.class_names.get("imagenet") or []))
     trainer = torch_trainer(stage, functools.partial(run_pretrain_loop, inputs), name="pretrain",
@@ -138,11 +146,18 @@ def ensure_pretrained_encoders(run: RunConfig, data_root: Path, out: Path) -> Ru
     return run
 
 
+def pretrain_if_needed(run: RunConfig, data_root: Path, out: Path) -> RunConfig:
+    """The launcher's stage-1 step: ``ensure_pretrained_encoders``, and the run folder's config records the
+    encoders it now starts from (so a resumed run does not look for stage 1 again)."""
+    pretrained = ensure_pretrained_encoders(run, data_root, out)
+    if pretrained is not run:
+        config_io.save(pretrained, out / RUN_CONFIG_FILE)
+    return pretrained
+
+
 def pretrained_overrides(config_path: str | None, overrides: list[str], out: Path) -> list[str]:
     """Stage 1 of a sweep's base run, once on its driver (Ray connected), before any trial: the overrides that
     point every trial's encoders at the result (none when nothing is to be pretrained)."""
-    from pipelines.run_setup import resolve_data
-
     run = load_run_config(config_path, overrides)
     if not encoders_to_pretrain(run):
         return []
@@ -164,13 +179,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--export", help="also copy the pretrained encoders into this folder")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. pretrain.image_steps=800")
     args = parser.parse_args(argv)
-    from pipelines.run_setup import prepare_run
-
     out = args.out or str(Path("runs") / time.strftime("pretrain-%Y%m%d-%H%M%S"))
     try:
         try:
             run, out_dir, data_root = prepare_run(args.config, args.overrides, out=out, address=args.address,
-                                                  keep_logs=True, stage1=False)
+                                                  keep_logs=True)
         except (ValueError, KeyError, FileNotFoundError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2

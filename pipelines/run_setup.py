@@ -13,11 +13,15 @@ from pipelines import cluster_fit
 from unip2 import config_io
 from unip2.config_io import ConfigError
 from unip2.data.embedded import ensure_embedded_data
-from unip2.data.manifest import load_manifest, split_files
+from unip2.data.manifest import load_manifest, split_files, train_rows
 from unip2.data.parquet_schema import SCHEMAS
 from unip2.model.tokenizer import tokenizer_for
 from unip2.run_config import RunConfig, load_run_config
 from unip2.tasks import TASKS
+
+
+RUN_CONFIG_FILE = "run_config.yaml"
+"""The run's resolved config in its run folder: a restart resumes with it."""
 
 
 def resolve_data(run: RunConfig) -> tuple[Path, dict]:
@@ -29,12 +33,6 @@ def resolve_data(run: RunConfig) -> tuple[Path, dict]:
         if not root.is_dir():
             raise FileNotFoundError(f"data.root: no such folder: {root}")
     return root, load_manifest(root)
-
-
-def train_rows(manifest: dict, datasets: list[str]) -> int:
-    """Training rows of ``datasets`` together (one row space, see ``RunConfig.train_datasets``)."""
-    return sum(int(manifest["datasets"].get(name, {}).get("splits", {}).get("train", {}).get("rows", 0))
-               for name in datasets)
 
 
 def _unusable_dataset(root: Path, manifest: dict, dataset: str, task: str) -> str | None:
@@ -79,15 +77,14 @@ def fill_task_options(run: RunConfig, root: Path, manifest: dict) -> None:
 
 
 def prepare_run(config_path: str | None, overrides: list[str], *, out: str | None = None,
-                address: str | None = None, keep_logs: bool = False,
-                stage1: bool = True) -> tuple[RunConfig, Path, Path]:
-    """Load and validate the config, connect to Ray (``scale.num_workers: auto`` resolved there), make the data
-    ready and, with ``stage1``, the pretrained encoders (``pipelines/pretrain.py``: run on first use, then
-    cached) → (run, run folder, data root).
+                address: str | None = None, keep_logs: bool = False) -> tuple[RunConfig, Path, Path]:
+    """Load and validate the config, connect to Ray (``scale.num_workers: auto`` resolved there) and make the
+    data ready → (run, run folder, data root); the run's config is saved in the run folder. Stage 1 is the
+    launcher's next step (``pipelines.pretrain.pretrain_if_needed``).
     ``keep_logs``: Ray's logs go to the run folder's ``logs/``, off the console (see ``ray_runtime.connect``)."""
     run = load_run_config(config_path, overrides)
     out_dir = Path(out or run.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")).resolve()
-    previous = out_dir / "run_config.yaml"
+    previous = out_dir / RUN_CONFIG_FILE
     if previous.is_file():  # resuming: the saved config wins, command-line overrides still apply
         run = load_run_config(previous, overrides)
     root, manifest = resolve_data(run)
@@ -102,9 +99,5 @@ def prepare_run(config_path: str | None, overrides: list[str], *, out: str | Non
     ray_runtime.connect(address or run.scale.address, log_dir=out_dir / "logs" if keep_logs else None)
     # scale.num_workers: auto → a number, saved below with the run config
     cluster_fit.resolve_worker_count(run, ray_runtime.cluster_resources())
-    if stage1:
-        from pipelines.pretrain import ensure_pretrained_encoders
-
-        run = ensure_pretrained_encoders(run, root, out_dir)
     config_io.save(run, previous)
     return run, out_dir, root

@@ -6,8 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines.run_setup import train_rows
-from unip2.data.manifest import load_manifest
+from unip2.data.manifest import load_manifest, train_rows
 from unip2.model.tokenizer import tokenizer_for
 from unip2.run_config import RunConfig
 from unip2.sampling import TrainingPlan

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from pipelines import ray_runtime  # (first: sets Ray's environment before ray is imported)
 from pipelines.cluster_fit import ClusterTooSmall
+from pipelines.pretrain import pretrain_if_needed
 from pipelines.run_setup import prepare_run
 from pipelines.train_checkpoint import export_model, read_state
 from pipelines.trainer import fit
@@ -43,7 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.time()
-    try:  # whatever happens once Ray is up (stage 1 runs inside prepare_run), no process of a local Ray outlives us
+    # The stages, in order: prepare (config, data, Ray) → stage 1 if an encoder needs it → train → evaluate.
+    try:  # whatever happens once Ray is up, no process of a local Ray outlives us
         try:
             run, out, data_root = prepare_run(args.config, args.overrides, out=args.out, address=args.address,
                                               keep_logs=True)
@@ -51,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {err}", file=sys.stderr)
             return 2
         try:
+            run = pretrain_if_needed(run, data_root, out)
             return train_and_evaluate(args, run, out, data_root, started)
         except ClusterTooSmall as err:  # names the resources asked and present
             print(f"error: {err}", file=sys.stderr)

@@ -11,8 +11,16 @@ from ray.train.torch import TorchTrainer
 
 from pipelines import cluster_fit, ray_runtime
 from pipelines.stream_spec import StreamSpec
-from pipelines.loop_inputs import LoopHooks, LoopInputs, run_train_loop
+from pipelines.loop_inputs import LoopHooks, LoopInputs
 from unip2.run_config import RunConfig
+
+
+def run_train_loop(inputs: LoopInputs) -> None:
+    """The function each Ray Train worker runs: ``pipelines.train_loop.train_loop_per_worker``, imported in the
+    worker only (the launching process does not load the model)."""
+    from pipelines.train_loop import train_loop_per_worker
+
+    train_loop_per_worker(inputs)
 
 
 def worker_count(run: RunConfig) -> int | tuple[int, int]:

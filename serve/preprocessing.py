@@ -15,10 +15,9 @@ import numpy as np
 
 from serve.errors import ApiError
 from serve.requests import ImageField
-from unip2 import config_io
 from unip2.config import ModelConfig
 from unip2.model.tokenizer import TextTokenizer
-from unip2.persistence import CONFIG, TOKENIZER
+from unip2.persistence import TOKENIZER, load_config
 from unip2.tasks import TASKS
 from unip2.tasks.base import input_options
 from unip2.tasks.preprocessing import UndecodableImage
@@ -38,7 +37,7 @@ class Preprocessor:
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path, *, threads: int = 2) -> "Preprocessor":
         """Input settings and tokenizer from a checkpoint folder, without loading the weights."""
-        config = config_io.load(ModelConfig, Path(checkpoint) / CONFIG)
+        config = load_config(checkpoint)  # older checkpoints' layouts upgraded, registered tasks filled in
         tokenizer = TextTokenizer.from_json((Path(checkpoint) / TOKENIZER).read_text())
         return cls(config=config, tokenizer=tokenizer, threads=threads)
 

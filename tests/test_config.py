@@ -10,6 +10,7 @@ from unip2.config import IMAGENET_MEAN, IMAGENET_STD, ModelConfig, TaskInputs
 from unip2.persistence import load_config
 from unip2.config_io import ConfigError
 from unip2.presets import PRESETS, preset
+from unip2.tasks import OPTION_CLASSES, with_registered_tasks
 
 BASE_RUN = Path(__file__).resolve().parents[1] / "pipelines" / "configs" / "base.yaml"
 
@@ -18,13 +19,13 @@ BASE_RUN = Path(__file__).resolve().parents[1] / "pipelines" / "configs" / "base
 def test_presets_validate_and_round_trip(name, tmp_path):
     config = preset(name)
     config_io.save(config, tmp_path / "config.yaml")
-    assert config_io.load(ModelConfig, tmp_path / "config.yaml") == config
+    assert config_io.load(ModelConfig, tmp_path / "config.yaml", keyed_classes=OPTION_CLASSES) == config
 
 
 def test_overrides_change_fields_with_types():
     config = config_io.load(ModelConfig, overrides=["decoder.num_layers=3", "backbone.out_indices=[1,2]",
                                                     "tasks.captioning.label_smoothing=0.0"],
-                            base=preset("tiny"))
+                            base=preset("tiny"), keyed_classes=OPTION_CLASSES)
     assert config.decoder.num_layers == 3
     assert config.backbone.out_indices == (1, 2)
     assert config.tasks["captioning"].label_smoothing == 0.0
@@ -48,7 +49,7 @@ def test_overrides_change_fields_with_types():
 ])
 def test_bad_values_are_refused_naming_the_field(override, field):
     with pytest.raises(ConfigError) as err:
-        config_io.load(ModelConfig, overrides=[override], base=preset("tiny"))
+        config_io.load(ModelConfig, overrides=[override], base=preset("tiny"), keyed_classes=OPTION_CLASSES)
     assert err.value.field == field
 
 
@@ -128,9 +129,9 @@ def test_task_input_settings_are_the_recorded_ones_else_the_model_defaults():
     assert (classification.image_size, classification.max_text_length) == (128, config.text.max_length)
     detection = config.task_input_settings("detection")  # not set: the model-wide defaults
     assert (detection.image_size, detection.max_text_length) == (config.image_size, config.text.max_length)
-    del config.tasks["retrieval"]  # a config recording no options for a task: the task's defaults
-    assert config.task_options("retrieval") == type(preset("tiny").tasks["retrieval"])()
-    with pytest.raises(KeyError, match="unknown task"):
+    del config.tasks["retrieval"]  # a config recording no options for a task: the registry gives the defaults
+    assert with_registered_tasks(config).task_options("retrieval") == type(preset("tiny").tasks["retrieval"])()
+    with pytest.raises(KeyError, match="not a task of this model"):
         config.task_input_settings("depth")
 
 

@@ -29,6 +29,7 @@ from pathlib import Path  # noqa: E402
 import ray.tune  # noqa: E402
 
 from pipelines.ray_runtime import cluster_has_gpus  # noqa: E402
+from pipelines.pretrain import pretrain_if_needed  # noqa: E402
 from pipelines.run_setup import prepare_run  # noqa: E402
 from pipelines.trainer import make_trainer  # noqa: E402
 from tune.objective import FLOOR, OBJECTIVE, PROGRESS, relative_objective, task_scores  # noqa: E402
@@ -99,6 +100,7 @@ def train_and_evaluate(setup: TrialSetup, params: dict, out: Path, *, callbacks:
     """
     clock = clock or TrialClock()
     run, out, data_root = prepare_run(setup.config_path, [*setup.overrides, *to_overrides(params)], out=str(out))
+    run = pretrain_if_needed(run, data_root, out)  # nothing when the sweep's driver pretrained already
     clock.keep_in(out)
     clock.mark("prepared")
     started = time.time()

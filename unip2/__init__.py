@@ -12,9 +12,18 @@ The task registry is ``unip2.tasks.TASKS``. This package never imports Ray.
 from __future__ import annotations
 
 from unip2.config import ModelConfig
-from unip2.presets import preset
 
 __all__ = ["ModelConfig", "build_model", "load", "preset", "save"]
+
+# The functions below import the model on first use: ``import unip2.data`` (data actors, the Serve proxy) stays
+# free of torch's model stack.
+
+
+def preset(name: str) -> ModelConfig:
+    """A fresh, validated ModelConfig for preset ``name`` (see ``unip2.presets.preset``)."""
+    from unip2.presets import preset as _preset
+
+    return _preset(name)
 
 
 def build_model(config: ModelConfig, tokenizer=None):

@@ -222,22 +222,6 @@ class TaskOptions:
         require(self.max_text_length is None or self.max_text_length >= 4, prefix + "max_text_length",
                 "must be >= 4")
 
-    @staticmethod
-    def type_for(task: str) -> type["TaskOptions"]:
-        """The options class of registered task ``task`` (``config_io`` reads ``ModelConfig.tasks`` with it)."""
-        from unip2.tasks import TASKS  # the registry imports the model, which imports this module
-
-        if task not in TASKS:
-            raise KeyError(f"unknown task; registered: {', '.join(TASKS)}")
-        return TASKS[task].Options
-
-
-def default_task_options() -> dict[str, TaskOptions]:
-    """Every registered task's options at their defaults."""
-    from unip2.tasks import TASKS
-
-    return {name: task.Options() for name, task in TASKS.items()}
-
 
 # ImageNet statistics; the embedded data uses them too so a user's pretrained backbone just works.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -271,11 +255,16 @@ class ModelConfig:
     tokens: TokenConfig = field(default_factory=TokenConfig)
     text: TextConfig = field(default_factory=TextConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
-    tasks: dict[str, TaskOptions] = field(default_factory=default_task_options)
+    tasks: dict[str, TaskOptions] = field(default_factory=dict)
     """Per task name (a ``unip2.tasks.TASKS`` key), the task's options (``Task.Options``): input settings the
-    training run recorded (``image_size``, ``max_text_length``), loss weights, inference defaults. A task
-    absent here uses its defaults. Read a task's with ``task_options``; its input settings with
+    training run recorded (``image_size``, ``max_text_length``), loss weights, inference defaults. The registry
+    fills in every registered task's (``unip2.tasks.with_registered_tasks``: presets, run configs and saved
+    models all go through it) and checks the names. Read a task's with ``task_options``; its input settings with
     ``task_input_settings``."""
+    score_families: tuple[str, ...] = ()
+    """The candidate families the scorer keeps one learnable temperature for, in order (``logit_scale`` has one
+    entry per family). Written when the config is made from the registry and saved with the weights, so a
+    checkpoint's meaning does not depend on which tasks are registered when it is loaded."""
     class_names: dict[str, list[str]] = field(default_factory=dict)
     """Default candidate names per label space (``"imagenet"``, ``"coco"``), from the data manifest."""
     pixel_mean: tuple[float, float, float] = IMAGENET_MEAN
@@ -298,21 +287,20 @@ class ModelConfig:
         require(len(self.pixel_mean) == 3, prefix + "pixel_mean", "needs 3 values (R, G, B)")
         require(len(self.pixel_std) == 3 and all(s > 0 for s in self.pixel_std), prefix + "pixel_std",
                 "needs 3 values (R, G, B), each > 0")
-        if self.tasks:
-            from unip2.tasks import TASKS  # the registry imports the model, which imports this module
-        for name, options in self.tasks.items():
-            require(name in TASKS, f"{prefix}tasks.{name}", f"unknown task; registered: {', '.join(TASKS)}")
-            require(isinstance(options, TASKS[name].Options), f"{prefix}tasks.{name}",
-                    f"must be {TASKS[name].Options.__name__}")
+        require(len(self.score_families) > 0 and len(set(self.score_families)) == len(self.score_families),
+                prefix + "score_families", "must name at least one family, each once")
+        for name, options in self.tasks.items():  # which names and classes are valid: the registry's to say
+            require(isinstance(options, TaskOptions), f"{prefix}tasks.{name}", "must be a task's options")
             options.validate(f"{prefix}tasks.{name}.")
         for space, names in self.class_names.items():
             require(len(names) > 0, f"{prefix}class_names.{space}", "must not be empty")
             require(len(set(names)) == len(names), f"{prefix}class_names.{space}", "names must be unique")
 
     def task_options(self, task: str) -> TaskOptions:
-        """The options of registered task ``task``: the recorded ones, else the task's defaults."""
-        options = self.tasks.get(task)
-        return options if options is not None else TaskOptions.type_for(task)()
+        """The options of task ``task`` (every registered task has them, see ``tasks``)."""
+        if task not in self.tasks:
+            raise KeyError(f"{task!r} is not a task of this model config; its tasks: {', '.join(self.tasks)}")
+        return self.tasks[task]
 
     def task_input_settings(self, task: str) -> TaskInputs:
         """How to prepare inputs of ``task`` for this model: what the training run recorded for it, else

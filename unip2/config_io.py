@@ -12,11 +12,16 @@ import json
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Callable, Mapping, TypeVar
 
 import yaml
 
 T = TypeVar("T")
+
+KeyedClasses = Mapping[type, Callable[[str], type]]
+"""For a mapping whose values are annotated with a base class: the class of the value under each key. The layer
+that knows the subclasses passes it in (``unip2.tasks.OPTION_CLASSES``: each task's own options class under
+``ModelConfig.tasks``); without it such values are read as the base class."""
 
 
 class ConfigError(ValueError):
@@ -31,7 +36,7 @@ def _field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _coerce(value: Any, annotation: Any, path: str) -> Any:
+def _coerce(value: Any, annotation: Any, path: str, keyed: KeyedClasses) -> Any:
     """Convert a YAML/JSON value to ``annotation``, or raise ConfigError naming ``path``."""
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
@@ -40,7 +45,7 @@ def _coerce(value: Any, annotation: Any, path: str) -> Any:
             return value
         if not isinstance(value, dict):
             raise ConfigError(path, f"expected a mapping for {annotation.__name__}, got {value!r}")
-        return from_dict(annotation, value, prefix=path)
+        return from_dict(annotation, value, prefix=path, keyed_classes=keyed)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -49,7 +54,7 @@ def _coerce(value: Any, annotation: Any, path: str) -> Any:
             if arg is type(None):
                 continue
             try:
-                return _coerce(value, arg, path)
+                return _coerce(value, arg, path, keyed)
             except ConfigError as err:
                 errors.append(str(err))
         raise ConfigError(path, f"{value!r} matches none of {annotation}")
@@ -61,23 +66,22 @@ def _coerce(value: Any, annotation: Any, path: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(path, f"expected a list, got {value!r}")
         item_type = args[0] if args else Any
-        items = [_coerce(v, item_type, f"{path}[{i}]") for i, v in enumerate(value)]
+        items = [_coerce(v, item_type, f"{path}[{i}]", keyed) for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(path, f"expected a mapping, got {value!r}")
         key_type, value_type = args if args else (Any, Any)
-        # A mapping whose value class depends on its key (ModelConfig.tasks: each task's own options class).
-        type_for = getattr(value_type, "type_for", None)
+        class_of = keyed.get(value_type)  # a value class that depends on the key
         out = {}
         for key, item in value.items():
             item_type = value_type
-            if type_for is not None:
+            if class_of is not None:
                 try:
-                    item_type = type_for(key)
+                    item_type = class_of(key)
                 except KeyError as err:
                     raise ConfigError(f"{path}.{key}", err.args[0]) from None
-            out[_coerce(key, key_type, path)] = _coerce(item, item_type, f"{path}.{key}")
+            out[_coerce(key, key_type, path, keyed)] = _coerce(item, item_type, f"{path}.{key}", keyed)
         return out
     if annotation is Any:
         return value
@@ -105,7 +109,7 @@ def _coerce(value: Any, annotation: Any, path: str) -> Any:
     raise ConfigError(path, f"unsupported field type {annotation}")
 
 
-def from_dict(cls: type[T], data: dict[str, Any], *, prefix: str = "") -> T:
+def from_dict(cls: type[T], data: dict[str, Any], *, prefix: str = "", keyed_classes: KeyedClasses = {}) -> T:
     """Build dataclass ``cls`` from a (nested) mapping; unknown keys are refused, missing keys default."""
     hints = _field_types(cls)
     names = {f.name for f in dataclasses.fields(cls)}
@@ -114,7 +118,7 @@ def from_dict(cls: type[T], data: dict[str, Any], *, prefix: str = "") -> T:
         path = f"{prefix}.{key}" if prefix else key
         if key not in names:
             raise ConfigError(path, f"unknown key (valid keys: {', '.join(sorted(names))})")
-        kwargs[key] = _coerce(value, hints[key], path)
+        kwargs[key] = _coerce(value, hints[key], path, keyed_classes)
     config = cls(**kwargs)
     return config
 
@@ -146,7 +150,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def load(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None,
-         base: T | None = None) -> T:
+         base: T | None = None, keyed_classes: KeyedClasses = {}) -> T:
     """Load ``cls`` from defaults (or ``base``), then a YAML/JSON file, then ``key=value`` overrides.
 
     The result is validated (``validate()`` on every dataclass that defines it).
@@ -155,7 +159,7 @@ def load(cls: type[T], path: str | Path | None = None, overrides: list[str] | No
     if path is not None:
         data = merge(data, read_mapping(path))
     data = apply_overrides(data, overrides or [])
-    config = from_dict(cls, data)
+    config = from_dict(cls, data, keyed_classes=keyed_classes)
     validate(config)
     return config
 

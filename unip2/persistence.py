@@ -18,9 +18,10 @@ import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from unip2 import config_io
-from unip2.config import ModelConfig, default_task_options
+from unip2.config import ModelConfig
 from unip2.model.generalist import UniPerceiverV2
 from unip2.model.tokenizer import TextTokenizer
+from unip2.tasks import OPTION_CLASSES, check_model, validate_task_options, with_registered_tasks
 
 WEIGHTS, CONFIG, TOKENIZER = "model.safetensors", "config.json", "tokenizer.json"
 TEXT_ENCODER_CONFIG = "text_encoder_config.json"  # optional: checkpoints written before it rebuild a RoBERTa
@@ -29,7 +30,10 @@ TEXT_ENCODER_CONFIG = "text_encoder_config.json"  # optional: checkpoints writte
 def build_model(config: ModelConfig, tokenizer: TextTokenizer | None = None) -> UniPerceiverV2:
     """A model from a (validated) config; the tokenizer defaults to ``config.text.tokenizer_path``."""
     config_io.validate(config)
-    return UniPerceiverV2.from_config(config, tokenizer)
+    validate_task_options(config)
+    model = UniPerceiverV2.from_config(config, tokenizer)
+    check_model(model)
+    return model
 
 
 def save(model: UniPerceiverV2, directory: str | Path) -> Path:
@@ -53,10 +57,10 @@ def load_config(directory: str | Path) -> ModelConfig:
     if missing:
         raise FileNotFoundError(f"checkpoint folder {directory} is incomplete: missing {', '.join(missing)}")
     data = upgrade_legacy_config(config_io.read_mapping(directory / CONFIG))
-    config = config_io.from_dict(ModelConfig, data)
-    config_io.validate(config)
     # A task registered after the model was saved takes its default options.
-    config.tasks = {name: config.task_options(name) for name in default_task_options()} | config.tasks
+    config = with_registered_tasks(config_io.from_dict(ModelConfig, data, keyed_classes=OPTION_CLASSES))
+    config_io.validate(config)
+    validate_task_options(config)
     return config
 
 
@@ -74,8 +78,14 @@ _LEGACY_TASK_FIELDS = {
 }
 
 
+# Checkpoints saved before the config recorded its score families were saved with these, one temperature each.
+_LEGACY_SCORE_FAMILIES = ("category", "vocabulary", "retrieval")
+
+
 def upgrade_legacy_config(data: dict) -> dict:
     """A saved ``config.json`` in the current layout (older checkpoints keep loading)."""
+    if not data.get("score_families"):
+        data = {**data, "score_families": list(_LEGACY_SCORE_FAMILIES)}
     tasks = data.get("tasks") or {}
     inputs = data.pop("task_inputs", None) or {}
     if not (set(tasks) & set(_LEGACY_TASK_FIELDS)) and not inputs:
@@ -107,6 +117,7 @@ def load(directory: str | Path, *, device: str | torch.device = "cpu") -> UniPer
     saved_text_encoder = directory / TEXT_ENCODER_CONFIG
     text_encoder_config = json.loads(saved_text_encoder.read_text()) if saved_text_encoder.is_file() else None
     model = UniPerceiverV2.from_config(config, tokenizer, text_encoder_config=text_encoder_config)
+    check_model(model)
     load_model(model, str(directory / WEIGHTS), device=str(device))
     return model.to(device)
 

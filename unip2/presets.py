@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from unip2.config import BackboneConfig, DecoderConfig, ModelConfig, ProposalConfig, TextConfig, TokenConfig
 from unip2.config_io import validate
+from unip2.tasks import validate_task_options, with_registered_tasks
 
 
 def _tiny() -> ModelConfig:
-    config = ModelConfig(
+    config = with_registered_tasks(ModelConfig(
         preset="tiny",
         image_size=96,
         # ResNet-10-T, strides 8/16/32: trained from scratch, its BatchNorm learns shapes far sooner than a
@@ -24,7 +25,7 @@ def _tiny() -> ModelConfig:
         text=TextConfig(vocab_size=512, hidden_size=128, num_layers=2, num_heads=4,
                         intermediate_size=256, max_length=32, dropout=0.0),
         decoder=DecoderConfig(width=128, num_layers=2, num_heads=4, ffn_dim=256, num_experts=4, top_k=2),
-    )
+    ))
     config.tasks["captioning"].max_length = 24
     for name in ("detection", "instance_segmentation"):
         config.tasks[name].max_per_image = 20
@@ -32,7 +33,7 @@ def _tiny() -> ModelConfig:
 
 
 def _base() -> ModelConfig:
-    return ModelConfig(
+    return with_registered_tasks(ModelConfig(
         preset="base",
         image_size=512,
         backbone=BackboneConfig(name="swin_base_patch4_window7_224", out_indices=(1, 2, 3),
@@ -42,7 +43,7 @@ def _base() -> ModelConfig:
         tokens=TokenConfig(),
         text=TextConfig(),
         decoder=DecoderConfig(),
-    )
+    ))
 
 
 def _large() -> ModelConfig:
@@ -65,4 +66,5 @@ def preset(name: str) -> ModelConfig:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     config = PRESETS[name]()
     validate(config)
+    validate_task_options(config)
     return config

@@ -14,6 +14,7 @@ from unip2 import config_io
 from unip2.config import ModelConfig
 from unip2.config_io import ConfigError, require
 from unip2.presets import preset
+from unip2.tasks import OPTION_CLASSES, TASKS, validate_task_options
 
 
 @dataclass
@@ -255,8 +256,6 @@ class PretrainConfig:
 
 
 def default_tasks() -> dict[str, TaskRunConfig]:
-    from unip2.tasks import TASKS
-
     return {name: TaskRunConfig() for name in TASKS}
 
 
@@ -276,8 +275,7 @@ class RunConfig:
     """Run folder; None = ``runs/<timestamp>``."""
 
     def validate(self, prefix: str = "") -> None:
-        from unip2.tasks import TASKS
-
+        validate_task_options(self.model, prefix + "model.")
         require(len(self.tasks) > 0, prefix + "tasks", "at least one task is needed")
         for name, task in self.tasks.items():
             require(name in TASKS, f"{prefix}tasks.{name}", f"unknown task; registered: {', '.join(TASKS)}")
@@ -305,8 +303,6 @@ class RunConfig:
 
     def train_datasets(self, task: str) -> list[str]:
         """The datasets ``task`` trains on: its ``datasets`` field, else the task's own dataset."""
-        from unip2.tasks import TASKS
-
         return list(self.tasks[task].datasets or [TASKS[task].dataset])
 
 
@@ -340,6 +336,6 @@ def load_run_config(path: str | Path | None = None, overrides: list[str] | None 
     for name, settings in (tasks or {}).items():  # a task listed without settings takes the defaults
         merged["tasks"][name] = config_io.to_dict(TaskRunConfig()) | (settings or {})
     merged = upgrade_legacy_fields(config_io.apply_overrides(merged, list(overrides or [])))
-    config = config_io.from_dict(RunConfig, merged)
+    config = config_io.from_dict(RunConfig, merged, keyed_classes=OPTION_CLASSES)
     config_io.validate(config)
     return config

@@ -16,6 +16,7 @@ import pytest
 import ray
 import ray.tune
 
+from pipelines.pretrain import pretrain_if_needed
 from pipelines.run_setup import prepare_run
 from pipelines.trainer import fit
 from tune import sweep
@@ -128,5 +129,5 @@ def test_the_exported_config_trains(smoke, tmp_path):
     assert "python pipelines/train.py --config" in best.read_text().splitlines()[1]
     run, out, root = prepare_run(str(best), ["train.steps=2", "train.checkpoint_every=2", "train.log_every=2"],
                                  out=str(tmp_path / "from_best"))
-    checkpoint = fit(run, out=out, data_root=root)
+    checkpoint = fit(pretrain_if_needed(run, root, out), out=out, data_root=root)
     assert json.loads((checkpoint / "train_state.json").read_text())["step"] == 2

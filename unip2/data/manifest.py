@@ -35,6 +35,12 @@ def write_manifest(folder: str | Path, manifest: dict) -> Path:
     return path
 
 
+def train_rows(manifest: dict, datasets: list[str]) -> int:
+    """Training rows of ``datasets`` together (one row space, see ``RunConfig.train_datasets``)."""
+    return sum(int(manifest["datasets"].get(name, {}).get("splits", {}).get("train", {}).get("rows", 0))
+               for name in datasets)
+
+
 def load_manifest(folder: str | Path) -> dict:
     """The manifest of a converted folder; refuses a folder without one, or of another format version."""
     path = Path(folder) / MANIFEST_FILE

@@ -26,14 +26,6 @@ from unip2.model.tokenizer import TextTokenizer, tokenizer_for
 
 
 
-def score_families() -> tuple[str, ...]:
-    """The registered tasks' candidate families, in registry order (one learnable temperature each, shared by
-    the tasks naming it: category names, vocabulary words, sentences vs images)."""
-    from unip2.tasks import TASKS  # the tasks import the model's parts
-
-    return tuple(dict.fromkeys(task.candidate_family for task in TASKS.values()))
-
-
 @dataclass
 class ImageEncoding:
     """What the image encoder gives every task.
@@ -74,7 +66,7 @@ class UniPerceiverV2(nn.Module):
         self.token_type = nn.Embedding(3, width)  # 0 regional, 1 global, 2 text
         nn.init.normal_(self.token_type.weight, std=0.02)  # N(0, 1) would drown the features it tags
         self.decoder = UnifiedDecoder.from_config(config.decoder)
-        self.scorer = CosineScorer.from_config(config.decoder, score_families())
+        self.scorer = CosineScorer.from_config(config.decoder, config.score_families)
         # Pixel normalization is part of the config (saved with the weights), not of each preprocessor.
         self.register_buffer("pixel_mean", torch.tensor(config.pixel_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(config.pixel_std).view(1, 3, 1, 1), persistent=False)
@@ -82,15 +74,9 @@ class UniPerceiverV2(nn.Module):
     @classmethod
     def from_config(cls, config: ModelConfig, tokenizer: TextTokenizer | None = None, *,
                     text_encoder_config: dict | None = None) -> "UniPerceiverV2":
-        """The tokenizer defaults to the text config's (``tokenizer_for``). Every task checks its options against
-        the model built (e.g. captioning's candidate tokens against the tokenizer), so a wrong one fails here."""
-        from unip2.tasks import TASKS  # the tasks import the model's parts
-
-        model = cls(config=config, tokenizer=tokenizer or tokenizer_for(config.text),
-                    text_encoder_config=text_encoder_config)
-        for task in TASKS.values():
-            task.check(model)
-        return model
+        """The tokenizer defaults to the text config's (``tokenizer_for``)."""
+        return cls(config=config, tokenizer=tokenizer or tokenizer_for(config.text),
+                   text_encoder_config=text_encoder_config)
 
     # ----------------------------------------------------------------------------------- encoders
     def encode_image(self, images: torch.Tensor, *, need_global: bool = True,

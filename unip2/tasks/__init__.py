@@ -6,6 +6,8 @@ of task names. Adding a task = one file implementing ``unip2.tasks.base.Task`` a
 
 from __future__ import annotations
 
+from unip2.config import ModelConfig, TaskOptions
+from unip2.config_io import require
 from unip2.tasks.base import Task, total_loss
 from unip2.tasks.captioning import Captioning
 from unip2.tasks.classification import Classification
@@ -31,4 +33,46 @@ def get_task(name: str) -> Task:
     return TASKS[name]
 
 
-__all__ = ["TASKS", "Task", "get_task", "total_loss"]
+def options_class(name: str) -> type[TaskOptions]:
+    """The options class of registered task ``name`` (KeyError naming the registered ones otherwise)."""
+    if name not in TASKS:
+        raise KeyError(f"unknown task; registered: {', '.join(TASKS)}")
+    return TASKS[name].Options
+
+
+OPTION_CLASSES = {TaskOptions: options_class}
+"""``config_io``'s ``keyed_classes`` for anything holding a ``ModelConfig``: each task's own options class."""
+
+
+def score_families() -> tuple[str, ...]:
+    """The registered tasks' candidate families, in registry order (one learnable temperature each, shared by
+    the tasks naming it: category names, vocabulary words, sentences vs images)."""
+    return tuple(dict.fromkeys(task.candidate_family for task in TASKS.values()))
+
+
+def with_registered_tasks(config: ModelConfig) -> ModelConfig:
+    """``config`` with every registered task's options (the defaults of those it lacks) and, when it names none,
+    the registry's score families. A saved model keeps its families: its temperatures were trained for them."""
+    config.tasks = {name: task.Options() for name, task in TASKS.items() if name not in config.tasks} | config.tasks
+    if not config.score_families:
+        config.score_families = score_families()
+    return config
+
+
+def validate_task_options(config: ModelConfig, prefix: str = "") -> None:
+    """Every entry of ``config.tasks`` names a registered task and holds that task's options class."""
+    for name, options in config.tasks.items():
+        require(name in TASKS, f"{prefix}tasks.{name}", f"unknown task; registered: {', '.join(TASKS)}")
+        require(isinstance(options, TASKS[name].Options), f"{prefix}tasks.{name}",
+                f"must be {TASKS[name].Options.__name__}")
+
+
+def check_model(model) -> None:
+    """Every task checks its options against a built model (e.g. captioning's candidate tokens against the
+    tokenizer), so a wrong one fails when the model is built, not at its first use."""
+    for task in TASKS.values():
+        task.check(model)
+
+
+__all__ = ["OPTION_CLASSES", "TASKS", "Task", "check_model", "get_task", "options_class",
+           "score_families", "total_loss", "validate_task_options", "with_registered_tasks"]
