@@ -49,14 +49,16 @@ def measure_one(candidates: int, *, preset: str, device: str, repeats: int, thre
 
     import unip2
     from benchmarks.gpu_step import padded_tokenizer
+    from benchmarks.run_inputs import vocabulary_task
     from unip2.tasks import TASKS
 
     torch.set_num_threads(threads)
     device = torch.device(device)
     config = unip2.preset(preset)
     config.text.vocab_size = FULL
-    config.tasks["captioning"].vocabulary = "training_captions"
-    config.tasks["captioning"].token_ids = list(range(candidates))  # holds the end token (id 2)
+    task = TASKS[vocabulary_task()]
+    config.tasks[task.name].vocabulary = "training_captions"
+    config.tasks[task.name].token_ids = list(range(candidates))  # holds the end token (id 2)
     config.candidate_chunk_tokens = max(candidates, config.candidate_chunk_tokens)  # one chunk: unchunked cost
     torch.manual_seed(0)
     model = unip2.build_model(config, padded_tokenizer(config.text)).to(device).train()
@@ -94,7 +96,7 @@ def measure_one(candidates: int, *, preset: str, device: str, repeats: int, thre
         sync()
         start = time.perf_counter()
         with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
-            vocabulary = TASKS["captioning"].vocabulary(model)  # K×D: the restricted candidates, encoded
+            vocabulary = task.vocabulary(model)  # K×D: the restricted candidates, encoded
             logits = model.score(features, vocabulary, "vocabulary")  # B×L×K
             loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
         loss.backward()
@@ -103,7 +105,7 @@ def measure_one(candidates: int, *, preset: str, device: str, repeats: int, thre
     peak_mb = (peak_bytes() - before) / 2**20
     model.zero_grad(set_to_none=True)
     with FlopCounterMode(display=False) as counter:  # the work itself: load-independent, unlike the time
-        vocabulary = TASKS["captioning"].vocabulary(model)
+        vocabulary = task.vocabulary(model)
         F.cross_entropy(model.score(features, vocabulary, "vocabulary").flatten(0, 1).float(),
                         targets.flatten()).backward()
     return {"candidates": candidates, "time_s": min(times), "times_s": times, "peak_mb": peak_mb,

@@ -35,22 +35,21 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.results_table import result  # noqa: E402
+from unip2.tasks.headlines import Headline  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 WALL = ("default_run_s", "`python pipelines/train.py` wall time", "<= 600")
 FRESH_GOAL = "<= 900"
 LONG_GOAL = "<= 3600"  # any other config (pipelines/configs/long.yaml): its whole run within an hour; metrics reported
-# key → (measure, where in metrics.json, goal)
-METRICS = {
-    "default_run_top1": ("classification top-1", ("classification", "top1"), ">= 0.9"),
-    "default_run_box_ap": ("box AP", ("detection", "bbox_AP"), ">= 0.5"),
-    "default_run_mask_ap": ("mask AP", ("instance_segmentation", "segm_AP"), ">= 0.4"),
-    "default_run_cider": ("caption CIDEr", ("captioning", "CIDEr"), ">= 1.5"),
-    "default_run_i2t_r1": ("retrieval R@1 image→text", ("retrieval", "i2t_R@1"), ">= 0.5"),
-    "default_run_t2i_r1": ("retrieval R@1 text→image", ("retrieval", "t2i_R@1"), ">= 0.5"),
-    "default_run_lm_accuracy": ("masked-token accuracy", ("language_modelling", "accuracy"), ">= 0.8"),
-}
 PEAK = ("default_run_peak_mb", "`python pipelines/train.py` peak memory (process tree, PSS)", "reported")
+
+
+def goal_metrics() -> list[tuple[str, Headline]]:
+    """(task, headline) of every headline metric the default run has a goal for (declared in the task's file)."""
+    from unip2.tasks import TASKS
+
+    return [(name, headline) for name, task in TASKS.items() for headline in task.headline_metrics()
+            if headline.default_run_goal and headline.benchmark_key]
 
 
 def _children() -> dict[int, list[int]]:
@@ -168,10 +167,11 @@ def result_rows(measured: dict, metrics: dict, console: str, *, steps: int | Non
                    ratio=measured["peak_mb"], goal=PEAK[2], unit="MB",
                    details={**details,
                             "note": f"PSS summed over the driver, Ray and its workers, polled every {interval} s"})]
-    for key, (measure, (task, name), goal) in METRICS.items():
-        value = metrics.get(task, {}).get(name)
-        rows.append(result(key.replace("default_run", prefix), measure=measure, ours=value, baseline=None,
-                           ratio=value, goal=metric_goal(goal), unit="", details={"command": shown}))
+    for task, headline in goal_metrics():
+        value = metrics.get(task, {}).get(headline.metric)
+        rows.append(result(headline.benchmark_key.replace("default_run", prefix), measure=headline.said, ours=value,
+                           baseline=None, ratio=value, goal=metric_goal(headline.default_run_goal), unit="",
+                           details={"command": shown}))
     return rows
 
 

@@ -20,9 +20,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-TASKS_WITHOUT_MASK_LOSSES = ("classification", "detection", "captioning", "retrieval")
-
-
 def run(data_root: str | Path, *, rounds: int = 5, steps: int = 3, threads: int = 1) -> dict:
     import unip2
     from benchmarks.run_inputs import default_run, task_batches
@@ -40,7 +37,7 @@ def run(data_root: str | Path, *, rounds: int = 5, steps: int = 3, threads: int 
         model = unip2.build_model(run_config.model).train()
         batches = {name: TASKS[name].collate(batch, cpu)
                    for name, batch in task_batches(run_config, data_root, model.tokenizer).items()
-                   if name in TASKS_WITHOUT_MASK_LOSSES}
+                   if "images" in batch and not TASKS[name].with_masks}  # image tasks without mask losses
         loss_module = TaskLoss(model)
         plain = model.encode_image
 

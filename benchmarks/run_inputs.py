@@ -6,12 +6,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = ROOT / "pipelines" / "configs" / "default.yaml"
+
+
+def vocabulary_task() -> str:
+    """The task whose candidates are a vocabulary its options restrict (``vocabulary``, ``token_ids``: captioning)."""
+    from unip2.tasks import TASKS
+
+    return next(name for name, task in TASKS.items()
+                if {"vocabulary", "token_ids"} <= {f.name for f in dataclasses.fields(task.Options)})
 
 
 def embedded_data() -> Path:

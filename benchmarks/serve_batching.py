@@ -37,12 +37,13 @@ GAIN_SHARE = 0.9
 """Share of the model's own batching gain that Serve's must reach (the goal of ``serve_batching_gain``)."""
 
 
-def run(*, checkpoint: str | None = None, task: str = "classification", requests: int = 160,
+def run(*, checkpoint: str | None = None, task: str | None = None, requests: int = 160,
         threads: int = 1, model_cpus: float = 1.0) -> list[dict]:
     """Ray must be running and Serve not started. → [batching gain row, overhead row, throughput row, overhead beyond
     Ray Serve's own row]."""
     from benchmarks import serve_floor, serve_latency
 
+    task = task or serve_latency.image_tasks()[0]  # the first registered task an image alone is sent to
     images = serve_latency.test_images()
     with tempfile.TemporaryDirectory() as scratch:
         checkpoint = checkpoint or serve_latency.tiny_checkpoint(Path(scratch))
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", help="model folder (default: an untrained tiny model)")
-    parser.add_argument("--task", default="classification")
+    parser.add_argument("--task", help="a task an image alone is sent to (default: the first registered one)")
     parser.add_argument("--requests", type=int, default=160)
     args = parser.parse_args(argv)
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,

@@ -228,7 +228,8 @@ def served(checkpoint: str, task: str, images, requests: int, batch_size: int, w
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", help="model folder (default: an untrained tiny model)")
-    parser.add_argument("--task", default="classification", choices=image_tasks())
+    choices = image_tasks()
+    parser.add_argument("--task", default=choices[0], choices=choices, help="default: the first registered one")
     parser.add_argument("--requests", type=int, default=160, help="requests per measurement")
     parser.add_argument("--settings", nargs="+", default=["16/adaptive", "16/0.01", "1/0"],
                         help="max_batch_size/batch_wait_timeout_s pairs; 'adaptive' waits while the model is busy")

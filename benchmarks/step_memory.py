@@ -63,9 +63,12 @@ def cases(tasks: list[str], *, batches: list[int], checkpointing: list[str], voc
     """What is measured: {"task", "batch", "checkpointing": bool, "vocabulary": None | K | "full"}, one process each."""
     grid = [{"task": task, "batch": batch, "checkpointing": mode == "on", "vocabulary": None}
             for task in tasks for mode in checkpointing for batch in sorted(batches)]
-    covered = "captioning" in tasks and "off" in checkpointing  # the task grid's captioning uses the config's
+    from benchmarks.run_inputs import vocabulary_task
+
+    restricted = vocabulary_task()
+    covered = restricted in tasks and "off" in checkpointing  # the task grid's case uses the config's vocabulary
     sizes = [size for size in vocabulary if not (size == "full" and covered)]
-    return grid + [{"task": "captioning", "batch": max(batches), "checkpointing": False,
+    return grid + [{"task": restricted, "batch": max(batches), "checkpointing": False,
                     "vocabulary": size if size == "full" else int(size)} for size in sizes]
 
 
@@ -110,23 +113,13 @@ def measure_one(case: dict, *, preset: str, config: Path, data: Path, device: st
         sync(device)
         times.append(time.perf_counter() - start)
     peak = peak_bytes(device)
-    candidates = {"captioning": "vocabulary rows", "language_modelling": "vocabulary rows"}.get(task, "names")
-    return {**case, "step_s": times[-1], "steps_s": times, "peak_gib": peak / 2**30,
-            "growth_gib": (peak - before) / 2**30, "model_gib": before / 2**30, "loss": float(loss),
-            "image_size": run.image_size(task), "candidates": f"{candidate_count(task, model)} {candidates}",
-            "chunk_tokens": run.model.candidate_chunk_tokens}
-
-
-def candidate_count(task: str, model) -> int:
-    """How many candidates the task's step encodes (0 for retrieval: the batch's own sentences)."""
     from unip2.tasks import TASKS
 
-    if task == "captioning":
-        return len(TASKS["captioning"].candidates(model)[0])
-    if task == "language_modelling":
-        return model.tokenizer.vocab_size
-    space = TASKS[task].label_space
-    return len(model.config.class_names.get(space, [])) if space else 0
+    candidates = "vocabulary rows" if TASKS[task].candidate_family == "vocabulary" else "names"
+    return {**case, "step_s": times[-1], "steps_s": times, "peak_gib": peak / 2**30,
+            "growth_gib": (peak - before) / 2**30, "model_gib": before / 2**30, "loss": float(loss),
+            "image_size": run.image_size(task), "candidates": f"{TASKS[task].candidate_count(model)} {candidates}",
+            "chunk_tokens": run.model.candidate_chunk_tokens}
 
 
 def peak_bytes(device) -> int:

@@ -20,27 +20,37 @@ PAPER_ROWS = {
     "Uni-Perceiver v2 BASE (Swin-B), paper": ("308M", 86.3, 58.6, 50.6, 35.4, 116.9, 71.8, 88.1, 55.6, 73.8),
     "Uni-Perceiver v2 LARGE (Swin-L), paper": ("446M", 87.2, 61.9, 53.6, 36.5, 122.5, 75.0, 89.3, 58.5, 79.6),
 }
-# Table 6 column → (metrics.json entry, metric key); columns without an entry are not measured here.
-MEASURED = {
-    "IN-1k top-1": ("classification", "top1"),
-    "COCO box AP": ("detection", "bbox_AP"),
-    "COCO mask AP": ("instance_segmentation", "segm_AP"),
-    "COCO caption B@4": ("captioning", "BLEU-4"),
-    "CIDEr": ("captioning", "CIDEr"),
-    "COCO i→t R@1": ("retrieval", "i2t_R@1"),
-    "F30k i→t R@1": ("retrieval_flickr30k", "i2t_R@1"),
-    "COCO t→i R@1": ("retrieval", "t2i_R@1"),
-    "F30k t→i R@1": ("retrieval_flickr30k", "t2i_R@1"),
-}
+
+
+def paper_columns() -> dict[str, tuple[str, str, bool]]:
+    """Table 6 column → (task, metric key, zero-shot), from the tasks' headlines; a column no task fills is not
+    measured here."""
+    filled = {}
+    for name, task in TASKS.items():
+        for headline in task.headline_metrics():
+            if headline.paper_column:
+                filled[headline.paper_column] = (name, headline.metric, False)
+            if headline.zero_shot_paper_column:
+                filled[headline.zero_shot_paper_column] = (name, headline.metric, True)
+    return filled
+
+
+def measured(metrics: dict, task: str, key: str, zero_shot: bool):
+    """A metric of ``evaluate``'s result: the task's own split's, or its zero-shot evaluation's."""
+    if zero_shot:
+        entry = next((k for k, where in metrics.get("zero_shot", {}).items() if where["task"] == task), None)
+    else:
+        entry = task
+    return metrics.get(entry, {}).get(key) if entry else None
 
 
 def write_report(metrics: dict, path: str | Path, *, data_description: str) -> Path:
     """Write the report of one ``evaluate`` result (the content of metrics.json) to ``path``."""
     checkpoint = Path(metrics["checkpoint"]).name
     ours = [_millions(metrics.get("parameters"))]
+    filled = paper_columns()
     for column in COLUMNS[1:]:
-        task, key = MEASURED.get(column, (None, None))
-        value = metrics.get(task, {}).get(key) if task else None
+        value = measured(metrics, *filled[column]) if column in filled else None
         ours.append("–" if value is None else f"{100 * value:.1f}")
     lines = [
         f"# Evaluation of `{checkpoint}` on the {metrics['split']} split",

@@ -5,12 +5,13 @@ ImageNet Swin and a RoBERTa), on Ray like training.
     python pipelines/pretrain.py --config pipelines/configs/long.yaml pretrain.image_steps=800
     python pipelines/pretrain.py --export weights/                  # also copy the encoders out
 
-The image encoder (the backbone's timm architecture as a classifier) trains on the classification task's data,
-the text encoder (a masked LM of the configured family) on the language-modelling task's texts, each with its
-own AdamW (``pretrain.*`` in the run config). The result lands in ``<data.cache_dir>/pretrained/<key>/``, keyed
+The image encoder (the backbone's timm architecture as a classifier) trains on the data of the task whose
+``pretrains`` is ``image`` (classification), the text encoder (a masked LM of the configured family) on that of
+the task whose ``pretrains`` is ``text`` (language modelling), each with its own AdamW (``pretrain.*`` in the run config). The result lands in ``<data.cache_dir>/pretrained/<key>/``, keyed
 by everything it depends on, as users download encoders: ``image/model.safetensors`` + ``config.json`` (timm's
 release layout) and ``text/`` (a transformers directory with its tokenizer), with ``metrics.json`` (validation
-accuracy of both, training curves). ``pipelines/train.py`` runs this on first use and then loads the result
+accuracy of each, training curves). An encoder whose task has no training rows in the data folder (an
+ImageNet-only folder has no texts) is not pretrained: the run says so and starts it from random weights. ``pipelines/train.py`` runs this on first use and then loads the result
 through ``model.backbone.pretrained_path`` / ``model.text.pretrained_path``, the path real weights take; an
 encoder given a ``pretrained_path`` is not pretrained here.
 """
@@ -36,11 +37,12 @@ from pipelines.stream_spec import StreamSpec
 from unip2 import config_io
 from unip2.data.manifest import MANIFEST_FILE
 from unip2.model.tokenizer import tokenizer_for
-from unip2.run_config import ENCODER_OF_TASK, RunConfig, TaskRunConfig, load_run_config
+from unip2.data.manifest import load_manifest, train_rows
+from unip2.run_config import RunConfig, TaskRunConfig, load_run_config
+from unip2.tasks import TASKS, pretraining_task
 
 # Manifest fields that name where the data was converted from: the same data converted elsewhere keeps its key.
 MANIFEST_PATH_FIELDS = ("annotations", "sources")
-TASK_OF_ENCODER = {encoder: task for task, encoder in ENCODER_OF_TASK.items()}
 IMAGE_WEIGHTS = Path("image") / "model.safetensors"
 
 
@@ -48,6 +50,23 @@ def encoders_to_pretrain(run: RunConfig) -> list[str]:
     """The encoders ``run.pretrain.encoders`` names that have no ``pretrained_path`` of their own."""
     given = {"image": run.model.backbone.pretrained_path, "text": run.model.text.pretrained_path}
     return [encoder for encoder in run.pretrain.encoders if given[encoder] is None]
+
+
+def stage1_datasets(run: RunConfig, encoder: str) -> list[str]:
+    """The datasets stage 1 trains ``encoder`` on: its task's in the run (``tasks.<task>.datasets``), else the
+    task's own."""
+    task = pretraining_task(encoder)
+    return list(_chosen_datasets(run, task) or [TASKS[task].dataset])
+
+
+def _chosen_datasets(run: RunConfig, task: str) -> list[str] | None:
+    return run.tasks[task].datasets if task in run.tasks else None
+
+
+def encoders_with_data(run: RunConfig, encoders: list[str], manifest: dict) -> list[str]:
+    """Those of ``encoders`` whose stage-1 task has training rows in the data (``manifest``)."""
+    return [encoder for encoder in encoders
+            if pretraining_task(encoder) is not None and train_rows(manifest, stage1_datasets(run, encoder)) > 0]
 
 
 def stage1_run(run: RunConfig, encoders: list[str]) -> RunConfig:
@@ -58,14 +77,15 @@ def stage1_run(run: RunConfig, encoders: list[str]) -> RunConfig:
                 "text": (pretrain.text_batch_size, pretrain.text_steps)}
     stage.tasks = {}
     for encoder in encoders:
-        task = TASK_OF_ENCODER[encoder]
         batch_size, steps = settings[encoder]
-        datasets = run.tasks[task].datasets if task in run.tasks else None
-        stage.tasks[task] = TaskRunConfig(batch_size=batch_size, sampling_weight=float(steps), datasets=datasets)
+        task = pretraining_task(encoder)
+        stage.tasks[task] = TaskRunConfig(batch_size=batch_size, sampling_weight=float(steps),
+                                          datasets=_chosen_datasets(run, task))
     stage.train.steps = sum(settings[encoder][1] for encoder in encoders)
     stage.train.sampling = "unmixed"
     stage.train.accumulation_steps = 1  # stage 1's batches are pretrain.*_batch_size, one per step
-    stage.model.tasks["classification"].image_size = pretrain.image_size
+    if "image" in encoders:  # low resolution first, as ImageNet pretraining at 224
+        stage.model.tasks[pretraining_task("image")].image_size = pretrain.image_size
     return stage
 
 
@@ -123,7 +143,12 @@ def run_stage1(stage: RunConfig, *, data_root: Path, out: Path, target: Path) ->
 def ensure_pretrained_encoders(run: RunConfig, data_root: Path, out: Path) -> RunConfig:
     """Point every encoder that stage 1 covers at its cached pretraining, running stage 1 first when the cache
     has no result for this configuration; returns the run with ``pretrained_path`` filled in."""
-    encoders = encoders_to_pretrain(run)
+    wanted = encoders_to_pretrain(run)
+    encoders = encoders_with_data(run, wanted, load_manifest(data_root))
+    for encoder in wanted:
+        if encoder not in encoders:
+            print(f"[pretrain] the {encoder} encoder starts from random weights: its stage-1 task "
+                  f"({pretraining_task(encoder)}) has no training rows in {data_root}", flush=True)
     if not encoders:
         return run
     stage = stage1_run(run, encoders)
@@ -133,7 +158,7 @@ def ensure_pretrained_encoders(run: RunConfig, data_root: Path, out: Path) -> Ru
         print(f"[pretrain] stage 1: pretraining the {' and '.join(encoders)} encoder"
               f"{'s' if len(encoders) > 1 else ''} ({stage.train.steps} steps); cached in {target}", flush=True)
         metrics = run_stage1(stage, data_root=data_root, out=out / "pretrain", target=target)
-        shown = ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in metrics["validation"].items())
+        shown = ", ".join(f"{encoder} {v['accuracy']:.3f}" for encoder, v in metrics["validation"].items())
         print(f"[pretrain] stage 1 done in {time.time() - started:.0f} s ({shown})", flush=True)
     else:
         print(f"[pretrain] stage 1: using the cached {' and '.join(encoders)} encoder"

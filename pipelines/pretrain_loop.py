@@ -1,8 +1,7 @@
 """``pretrain_loop_per_worker``: stage 1 on Ray Train — each encoder alone on its task's batches.
 
 The batches come from the same Ray Data step stream as stage 2 (``pipelines.step_stream``), for a run whose
-tasks are the stage-1 ones (classification → image encoder, language modelling → text encoder; see
-``pipelines.pretrain.stage1_run``). Each encoder has its own AdamW and its own one-cycle schedule over its own
+tasks are the stage-1 ones (each task's ``pretrains`` names its encoder; see ``pipelines.pretrain.stage1_run``). Each encoder has its own AdamW and its own one-cycle schedule over its own
 steps. At the end rank 0 measures both on the validation split and writes them as users download encoders
 (timm's release files, a transformers directory) into the final checkpoint.
 """
@@ -26,7 +25,6 @@ from unip2.model.tokenizer import TextTokenizer
 from unip2.optim import param_groups_for
 from unip2.precision import autocast, resolve_precision
 from unip2.pretraining import EncoderPretraining
-from unip2.run_config import ENCODER_OF_TASK
 from unip2.tasks import TASKS
 from unip2.training_setup import learning_rate, set_learning_rate
 
@@ -36,7 +34,7 @@ STATE = "pretrain_state.pt"
 def _optimizers(model: EncoderPretraining, run) -> dict[str, torch.optim.AdamW]:
     pretrain, optimizers = run.pretrain, {}
     for task in run.tasks:
-        groups = param_groups_for(model.encoder(task), pretrain.weight_decay)
+        groups = param_groups_for(model.encoder(TASKS[task].pretrains), pretrain.weight_decay)
         for group in groups:
             group.pop("param_names", None)
         optimizers[task] = torch.optim.AdamW(groups, lr=_peak(run, task), weight_decay=pretrain.weight_decay)
@@ -44,11 +42,11 @@ def _optimizers(model: EncoderPretraining, run) -> dict[str, torch.optim.AdamW]:
 
 
 def _peak(run, task: str) -> float:
-    return run.pretrain.image_lr if ENCODER_OF_TASK[task] == "image" else run.pretrain.text_lr
+    return run.pretrain.image_lr if TASKS[task].pretrains == "image" else run.pretrain.text_lr
 
 
 def _planned_steps(run, task: str) -> int:
-    return run.pretrain.image_steps if ENCODER_OF_TASK[task] == "image" else run.pretrain.text_steps
+    return run.pretrain.image_steps if TASKS[task].pretrains == "image" else run.pretrain.text_steps
 
 
 def pretrain_loop_per_worker(inputs: PretrainInputs) -> None:
@@ -60,7 +58,7 @@ def pretrain_loop_per_worker(inputs: PretrainInputs) -> None:
         torch.set_num_threads(run.scale.threads_per_worker)
     torch.manual_seed(run.train.seed)
     tokenizer = TextTokenizer.from_json(spec.tokenizer_json)
-    encoders = tuple(ENCODER_OF_TASK[task] for task in run.tasks)
+    encoders = tuple(TASKS[task].pretrains for task in run.tasks)
     model = EncoderPretraining(run.model, tokenizer, num_classes=len(inputs.class_names), encoders=encoders,
                                label_smoothing=run.pretrain.label_smoothing, class_names=inputs.class_names)
     model = model.to(device)
@@ -98,7 +96,8 @@ def pretrain_loop_per_worker(inputs: PretrainInputs) -> None:
         model.zero_grad(set_to_none=True)
         loss.backward()
         if run.pretrain.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(model.encoder(task).parameters(), run.pretrain.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_(model.encoder(TASKS[task].pretrains).parameters(),
+                                           run.pretrain.max_grad_norm)
         optimizers[task].step()
         state["task_steps"][task] += 1
         state["step"] = step + 1
@@ -162,11 +161,11 @@ def _report(state: dict, *, model: EncoderPretraining, optimizers: dict, rank: i
             results = {"history": state["history"], "validation": {}}
             if model.image is not None:
                 model.save_image_encoder(Path(directory) / "image")
-                results["validation"]["image_top1"] = validation_accuracy(model, spec, "classification", tokenizer)
             if model.text is not None:
                 model.save_text_encoder(Path(directory) / "text", tokenizer)
-                results["validation"]["text_masked_accuracy"] = validation_accuracy(
-                    model, spec, "language_modelling", tokenizer)
+            for task in spec.run.tasks:  # per encoder: its task's validation accuracy
+                results["validation"][TASKS[task].pretrains] = {
+                    "task": task, **validation_accuracy(model, spec, task, tokenizer)}
             (Path(directory) / METRICS).write_text(json.dumps(results, indent=2) + "\n")
             shown = ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in results["validation"].items())
             print(f"[pretrain] validation: {shown}", flush=True)

@@ -17,16 +17,6 @@ import numpy as np
 from tune.ablation_variants import FULL, AblationTable
 from unip2.tasks import TASKS
 
-SHOWN_METRICS: dict[str, list[tuple[str, str]]] = {
-    "detection": [("bbox_AP", "det AP")],
-    "instance_segmentation": [("segm_AP", "mask AP")],
-    "classification": [("top1", "cls top-1")],
-    "retrieval": [("i2t_R@1", "i→t R@1"), ("t2i_R@1", "t→i R@1")],
-    "captioning": [("BLEU-4", "cap B@4"), ("CIDEr", "CIDEr")],
-}
-"""The paper's columns, per registered task; any other task shows its headline ``TASKS[name].metric``."""
-
-
 @dataclass(frozen=True)
 class Column:
     key: str
@@ -36,14 +26,14 @@ class Column:
 
 
 def columns(tasks: list[str]) -> list[Column]:
-    """The table columns of the base run's ``tasks``, in the paper's order (detection, classification,
-    retrieval, captioning, then the rest)."""
-    order = [t for t in SHOWN_METRICS if t in tasks] + [t for t in tasks if t not in SHOWN_METRICS]
-    out = []
-    for task in order:
-        shown = SHOWN_METRICS.get(task, [(TASKS[task].metric, f"{task} {TASKS[task].metric}")])
-        out += [Column(f"{task}/{metric}", label, task) for metric, label in shown]
-    return out
+    """The table columns of the base run's ``tasks``: each task's headline metrics, in registry order."""
+    return [Column(f"{task}/{headline.metric}", headline.label, task)
+            for task in TASKS if task in tasks for headline in TASKS[task].headline_metrics()]
+
+
+def shown_keys() -> set[str]:
+    """Every ``<task>/<metric>`` a table may show."""
+    return {column.key for column in columns(list(TASKS))}
 
 
 @dataclass

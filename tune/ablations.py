@@ -225,7 +225,7 @@ def ablation_trial(config: dict, *, context: TrialContext) -> None:
 
     os.chdir(context.cwd)
     row = run_variant(context, config["variant"], int(config["seed"]))
-    shown = {f"{t}/{m}" for t, metrics in report.SHOWN_METRICS.items() for m, _ in metrics}
+    shown = report.shown_keys()
     ray.tune.report({k: v for k, v in row.items() if k in shown or k.endswith("_s")})
 
 

@@ -21,7 +21,7 @@ from unip2 import config_io
 from unip2.config import ModelConfig
 from unip2.model.generalist import UniPerceiverV2
 from unip2.model.tokenizer import TextTokenizer
-from unip2.tasks import OPTION_CLASSES, check_model, validate_task_options, with_registered_tasks
+from unip2.tasks import OPTION_CLASSES, TASKS, check_model, validate_task_options, with_registered_tasks
 
 WEIGHTS, CONFIG, TOKENIZER = "model.safetensors", "config.json", "tokenizer.json"
 TEXT_ENCODER_CONFIG = "text_encoder_config.json"  # optional: checkpoints written before it rebuild a RoBERTa
@@ -64,20 +64,6 @@ def load_config(directory: str | Path) -> ModelConfig:
     return config
 
 
-# Checkpoints saved before each task's options moved into its own file kept them flat in ``tasks`` and the
-# input settings in ``task_inputs``: old field → (tasks, new field).
-_LEGACY_TASK_FIELDS = {
-    "classification_label_smoothing": (("classification",), "label_smoothing"),
-    "caption_label_smoothing": (("captioning",), "label_smoothing"),
-    "caption_max_length": (("captioning",), "max_length"),
-    "caption_beam_size": (("captioning",), "beam_size"),
-    "caption_vocabulary": (("captioning",), "vocabulary"),
-    "caption_token_ids": (("captioning",), "token_ids"),
-    "detection_max_per_image": (("detection", "instance_segmentation"), "max_per_image"),
-    "detection_category_weight": (("detection", "instance_segmentation"), "category_weight"),
-}
-
-
 # Checkpoints saved before the config recorded its score families were saved with these, one temperature each.
 _LEGACY_SCORE_FAMILIES = ("category", "vocabulary", "retrieval")
 
@@ -88,11 +74,16 @@ def upgrade_legacy_config(data: dict) -> dict:
         data = {**data, "score_families": list(_LEGACY_SCORE_FAMILIES)}
     tasks = data.get("tasks") or {}
     inputs = data.pop("task_inputs", None) or {}
-    if not (set(tasks) & set(_LEGACY_TASK_FIELDS)) and not inputs:
+    # Flat keys of checkpoints saved before each task's options had a file of their own: old key → (tasks, field).
+    legacy = {}
+    for name, task in TASKS.items():
+        for old, new in task.legacy_options.items():
+            legacy[old] = (legacy.get(old, ((), new))[0] + (name,), new)
+    if not (set(tasks) & set(legacy)) and not inputs:
         return data
     upgraded: dict[str, dict] = {}
     for old, value in tasks.items():
-        names, new = _LEGACY_TASK_FIELDS.get(old, ((old,), None))
+        names, new = legacy.get(old, ((old,), None))
         for name in names:
             if new is None:  # already a task's options
                 upgraded.setdefault(name, {}).update(value)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from unip2.config import BackboneConfig, DecoderConfig, ModelConfig, ProposalConfig, TextConfig, TokenConfig
 from unip2.config_io import validate
-from unip2.tasks import validate_task_options, with_registered_tasks
+from unip2.tasks import TASKS, validate_task_options, with_registered_tasks
 
 
 def _tiny() -> ModelConfig:
@@ -26,9 +26,6 @@ def _tiny() -> ModelConfig:
                         intermediate_size=256, max_length=32, dropout=0.0),
         decoder=DecoderConfig(width=128, num_layers=2, num_heads=4, ffn_dim=256, num_experts=4, top_k=2),
     ))
-    config.tasks["captioning"].max_length = 24
-    for name in ("detection", "instance_segmentation"):
-        config.tasks[name].max_per_image = 20
     return config
 
 
@@ -65,6 +62,9 @@ def preset(name: str) -> ModelConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     config = PRESETS[name]()
+    for task_name, task in TASKS.items():  # what a task's file sets for this preset
+        for field, value in task.preset_options.get(name, {}).items():
+            setattr(config.tasks[task_name], field, value)
     validate(config)
     validate_task_options(config)
     return config

@@ -6,10 +6,11 @@ release files are (``model.safetensors`` with the classifier's own tensor names,
 ``model.backbone.pretrained_path`` loads it through timm's loader like any downloaded weights. The text encoder
 is a transformers ``*ForMaskedLM`` of the configured family trained with RoBERTa's objective on the
 language-modelling task's masked batches; it is written by ``save_pretrained`` with its tokenizer, a directory
-``model.text.pretrained_path`` takes.
+``model.text.pretrained_path`` takes. Which task trains which encoder, and its loss, is the task's to say
+(``Task.pretrains``, ``Task.pretrain_loss``).
 
     model = EncoderPretraining(model_config, tokenizer, num_classes=12)
-    loss, correct = model("classification", batch)   # or "language_modelling"
+    loss, right, count = model(task_name, batch)   # a task whose ``pretrains`` is one of model.encoders
     model.save_image_encoder(folder / "image"); model.save_text_encoder(folder / "text", tokenizer)
 """
 
@@ -23,7 +24,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import timm  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 from torch import nn  # noqa: E402
 from transformers import AutoModelForMaskedLM  # noqa: E402
@@ -31,7 +31,7 @@ from transformers import AutoModelForMaskedLM  # noqa: E402
 from unip2.config import ModelConfig  # noqa: E402
 from unip2.model.text_encoder import quiet_transformers, random_config  # noqa: E402
 from unip2.model.tokenizer import TextTokenizer  # noqa: E402
-from unip2.run_config import ENCODER_OF_TASK  # noqa: E402
+from unip2.tasks import TASKS  # noqa: E402
 
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
 
@@ -39,10 +39,9 @@ WEIGHTS, CONFIG = "model.safetensors", "config.json"
 class EncoderPretraining(nn.Module):
     """The image classifier and the masked language model of stage 1 (either may be absent).
 
-    forward(task, collated batch) → (mean loss, number of right predictions, number of predictions), the counts as
-    0-d tensors, so that a training loop reads them (a wait for the device) only when it logs:
-    ``classification`` batches hold uint8 ``images`` B×3×S×S and ``labels``; ``language_modelling`` batches
-    ``input_ids``, ``attention_mask`` and ``targets`` (-100 where nothing is predicted).
+    forward(task, collated batch) → the task's ``pretrain_loss``: (mean loss, number of right predictions, number of
+    predictions), the counts as 0-d tensors, so that a training loop reads them (a wait for the device) only when
+    it logs.
     """
 
     def __init__(self, config: ModelConfig, tokenizer: TextTokenizer, *, num_classes: int,
@@ -60,36 +59,26 @@ class EncoderPretraining(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(config.pixel_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(config.pixel_std).view(1, 3, 1, 1), persistent=False)
 
-    def encoder(self, task: str) -> nn.Module:
-        module = getattr(self, ENCODER_OF_TASK[task])
+    def encoder(self, name: str) -> nn.Module:
+        """The ``image`` classifier or the ``text`` masked language model."""
+        module = getattr(self, name, None) if name in ("image", "text") else None
         if module is None:
-            raise ValueError(f"the {ENCODER_OF_TASK[task]} encoder is not pretrained in this stage")
+            raise ValueError(f"the {name} encoder is not pretrained in this stage (encoders: {self.encoders})")
         return module
 
     def classify(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 B×3×S×S → B×K logits."""
-        return self.encoder("classification")((images.float() / 255.0 - self.pixel_mean) / self.pixel_std)
+        return self.encoder("image")((images.float() / 255.0 - self.pixel_mean) / self.pixel_std)
 
     def forward(self, task: str, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if task == "classification":
-            logits = self.classify(batch["images"])
-            loss = F.cross_entropy(logits.float(), batch["labels"], label_smoothing=self.label_smoothing)
-            right = (logits.detach().argmax(-1) == batch["labels"]).sum()
-            return loss, right, right.new_tensor(batch["labels"].numel())
-        if task == "language_modelling":
-            targets = batch["targets"]
-            logits = self.encoder(task)(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            chosen = targets != -100
-            loss = F.cross_entropy(logits[chosen].float(), targets[chosen])
-            return loss, (logits.detach()[chosen].argmax(-1) == targets[chosen]).sum(), chosen.sum()
-        raise ValueError(f"stage 1 trains {', '.join(ENCODER_OF_TASK)}; not {task!r}")
+        return TASKS[task].pretrain_loss(self, batch)  # a missing encoder is refused by ``encoder``
 
     # ------------------------------------------------------------------------------- outputs
     def save_image_encoder(self, folder: str | Path) -> Path:
         """timm's release layout: ``model.safetensors`` (the whole classifier) and ``config.json``."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        model = self.encoder("classification")
+        model = self.encoder("image")
         save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(folder / WEIGHTS))
         config = {"architecture": self.backbone_name, "num_classes": model.num_classes,
                   "label_names": self.class_names,
@@ -102,7 +91,7 @@ class EncoderPretraining(nn.Module):
         """transformers' layout: ``save_pretrained`` of the masked LM and of its tokenizer."""
         folder = Path(folder)
         with quiet_transformers():
-            self.encoder("language_modelling").save_pretrained(folder)
+            self.encoder("text").save_pretrained(folder)
             tokenizer.save_transformers(folder)
         return folder
 

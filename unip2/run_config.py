@@ -202,9 +202,7 @@ class ScaleConfig:
         require(self.max_failures >= 0, prefix + "max_failures", "must be >= 0")
 
 
-ENCODERS = ("image", "text")
-# Stage 1: the task that trains each encoder.
-ENCODER_OF_TASK = {"classification": "image", "language_modelling": "text"}
+ENCODERS = ("image", "text")  # stage 1's: the task that trains each is the one whose ``Task.pretrains`` names it
 
 
 @dataclass

@@ -12,6 +12,7 @@ from unip2.model.text_encoder import TextEncoder
 from unip2.model.tokenizer import TextTokenizer, tokenizer_for
 from unip2.presets import preset
 from unip2.pretraining import EncoderPretraining
+from unip2.tasks import TASKS
 from unip2.tasks.language_modelling import mask_tokens
 
 CLASSES = [f"class {i}" for i in range(4)]
@@ -45,7 +46,7 @@ def test_both_encoders_fit_a_batch(tokenizer):
     model = EncoderPretraining(preset("tiny"), tokenizer, num_classes=4, label_smoothing=0.0)
     batches = {"classification": image_batch(), "language_modelling": text_batch(tokenizer)}
     for task, batch in batches.items():
-        optimizer = torch.optim.AdamW(model.encoder(task).parameters(), lr=3e-3)
+        optimizer = torch.optim.AdamW(model.encoder(TASKS[task].pretrains).parameters(), lr=3e-3)
         first, _, count = model(task, batch)
         for _ in range(30):
             loss, right, _ = model(task, batch)

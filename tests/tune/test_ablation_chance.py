@@ -8,8 +8,8 @@ import random
 import pytest
 
 from tune import ablation_report as report
-from tune.ablation_chance import (caption_chance, chance_levels, classification_chance, retrieval_chance,
-                                  transplanted_objects)
+from tune.ablation_chance import chance_levels
+from unip2.eval.chance import caption_chance, classification_chance, retrieval_chance, transplanted_objects
 from tune.ablation_variants import FULL, build_plan
 
 

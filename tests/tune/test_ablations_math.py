@@ -179,8 +179,8 @@ def test_tables_and_direction_checks(tmp_path):
                      "retrieval/i2t_R@1": 0.6, "retrieval/t2i_R@1": 0.41, "detection/bbox_AP": 0.1})
     rows.append({"variant": FULL, "seed": 2, "status": "error"})
     cols = report.columns(["classification", "retrieval", "detection"])
-    assert [c.key for c in cols] == ["detection/bbox_AP", "classification/top1", "retrieval/i2t_R@1",
-                                     "retrieval/t2i_R@1"]
+    assert [c.key for c in cols] == ["classification/top1", "detection/bbox_AP", "retrieval/i2t_R@1",
+                                     "retrieval/t2i_R@1"]  # the tasks' headlines, in registry order
     cells = report.aggregate(rows, FULL, cols)
     assert cells["classification/top1"].mean == pytest.approx(0.32)
     assert cells["classification/top1"].sd == pytest.approx(np.std([0.30, 0.34], ddof=1))

@@ -33,6 +33,11 @@ def get_task(name: str) -> Task:
     return TASKS[name]
 
 
+def pretraining_task(encoder: str) -> str | None:
+    """The task whose training data stage 1 pretrains ``encoder`` on (``Task.pretrains``), if any."""
+    return next((name for name, task in TASKS.items() if task.pretrains == encoder), None)
+
+
 def options_class(name: str) -> type[TaskOptions]:
     """The options class of registered task ``name`` (KeyError naming the registered ones otherwise)."""
     if name not in TASKS:
@@ -74,5 +79,5 @@ def check_model(model) -> None:
         task.check(model)
 
 
-__all__ = ["OPTION_CLASSES", "TASKS", "Task", "check_model", "get_task", "options_class",
+__all__ = ["OPTION_CLASSES", "TASKS", "Task", "check_model", "get_task", "options_class", "pretraining_task",
            "score_families", "total_loss", "validate_task_options", "with_registered_tasks"]

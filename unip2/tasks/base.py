@@ -19,6 +19,8 @@ import numpy as np
 import torch
 
 from unip2.config import TaskInputs, TaskOptions
+from unip2.eval.chance import ChanceData
+from unip2.tasks.headlines import Headline
 from unip2.tasks.outputs import MetricContext, TaskOutput
 from unip2.tasks.preprocessing import UndecodableImage, object_array
 from unip2.tasks.routes import Route, ServeContext, ServeRequest, jsonable, stack_rows
@@ -54,13 +56,40 @@ class Task:
     """Score family (one learnable temperature per family, shared by the tasks that name it)."""
     metric: str = ""
     """Headline validation metric (a key of the task's metrics), e.g. for Tune objectives."""
+    headlines: tuple[Headline, ...] = ()
+    """The metrics reports show (``headline_metrics``): their labels, the paper's Table 6 columns they fill, the
+    default run's goals."""
     Options: type[TaskOptions] = TaskOptions
     """The task's options dataclass, one instance per task in ``ModelConfig.tasks`` (saved with the model)."""
     routes: tuple[Route, ...] = ()
     """The task's Serve endpoints."""
+    preset_options: dict[str, dict[str, Any]] = {}
+    """Option values a model preset sets for this task, by preset name (the tiny model's shorter captions)."""
+    legacy_options: dict[str, str] = {}
+    """Keys of the flat ``tasks`` section of checkpoints saved before each task's options had a file of their own
+    → this task's field (``unip2.persistence`` upgrades them)."""
+    with_masks: bool = False
+    """The task's loss and predictions read the proposals' masks (in training, every decoder layer's)."""
+    pretrains: str | None = None
+    """The encoder stage 1 pretrains alone on this task's training data (``image`` or ``text``), with
+    ``pretrain_loss``; None: the task has no part in stage 1."""
     zero_shot_splits: tuple[tuple[str, str], ...] = ()
     """(dataset, split) pairs the task is also evaluated on, zero-shot: data no run trains on, with the
     same rows format as ``dataset`` (e.g. retrieval on the Flickr30k test split, paper Table 6)."""
+
+    def chance_levels(self, data: ChanceData) -> dict[str, float]:
+        """Metric → its chance level on ``data`` (``unip2.eval.chance``: what answering each evaluated example with
+        a random training example's annotations scores); {} where the task has none or the data lacks the split."""
+        return {}
+
+    def candidate_count(self, model) -> int:
+        """How many candidates a step of this task scores against: its label space's names (0 without one, e.g.
+        retrieval's candidates are the batch's own)."""
+        return len(model.config.class_names.get(self.label_space, [])) if self.label_space else 0
+
+    def headline_metrics(self) -> tuple[Headline, ...]:
+        """``headlines``, else the task's ``metric`` alone."""
+        return self.headlines or (Headline(self.metric, f"{self.name} {self.metric}"),)
 
     # ------------------------------------------------------------------------- data (CPU, numpy)
     def preprocess(self, batch: dict[str, np.ndarray], *, image_size: int, tokenizer: Any,
@@ -120,6 +149,12 @@ class Task:
         return model.config.task_options(self.name)
 
     # -------------------------------------------------------------------------- model (torch)
+    def pretrain_loss(self, encoders, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Stage 1: the loss of the encoder ``pretrains`` names, alone, on a collated batch → (mean loss, right
+        predictions, predictions), the counts as 0-d tensors. ``encoders``: ``unip2.pretraining.EncoderPretraining``
+        (its ``image`` classifier, its ``text`` masked language model)."""
+        raise NotImplementedError(f"the {self.name} task has no stage-1 objective")
+
     def loss(self, model, batch: dict[str, Any], *, gather: Gather = local_gather) -> dict[str, torch.Tensor]:
         """Named, unweighted loss terms (scalars)."""
         raise NotImplementedError

@@ -17,12 +17,14 @@ from unip2.config import TaskOptions
 from unip2.config_io import ConfigError, require
 from unip2.data.caption_vocabulary import training_caption_token_ids
 from unip2.model.decoder import prefix_causal_mask
-from unip2.eval import caption_metrics, write_coco_results
+from unip2.eval import caption_metrics, load_coco_caption_references, write_coco_results
+from unip2.eval.chance import caption_chance
 from unip2.tasks.base import Task, local_gather
 from unip2.tasks.outputs import MetricContext, TaskOutput
 from unip2.tasks.routes import Route
 from unip2.tasks.captioned_images import preprocess_captioned_images
 from unip2.tasks.beam_search import beam_search
+from unip2.tasks.headlines import Headline
 
 TASK_FLAGS = dict(input_image=True, input_text=True, target_text=True)
 
@@ -90,6 +92,13 @@ class Captioning(Task):
     name = "captioning"
     dataset = "coco_captions"
     metric = "CIDEr"
+    preset_options = {"tiny": {"max_length": 24}}
+    legacy_options = {"caption_label_smoothing": "label_smoothing", "caption_max_length": "max_length",
+                      "caption_beam_size": "beam_size", "caption_vocabulary": "vocabulary",
+                      "caption_token_ids": "token_ids"}
+    headlines = (Headline("BLEU-4", "cap B@4", "caption BLEU-4", paper_column="COCO caption B@4"),
+                 Headline("CIDEr", "CIDEr", "caption CIDEr", paper_column="CIDEr", default_run_goal=">= 1.5",
+                          benchmark_key="default_run_cider"))
     Options = CaptioningOptions
     eval_columns = ("captions",)
     candidate_family = "vocabulary"
@@ -124,6 +133,9 @@ class Captioning(Task):
 
     def vocabulary(self, model) -> torch.Tensor:
         return model.encode_vocabulary(self.candidates(model)[0], token_is_target=True, **TASK_FLAGS)
+
+    def candidate_count(self, model) -> int:
+        return len(candidate_ids(self.options(model), model.tokenizer))
 
     def next_word_features(self, model, image_tokens, image_attributes, input_ids, attention_mask):
         """Decoder outputs at every text position: B×L×D (position i predicts token i+1)."""
@@ -184,6 +196,16 @@ class Captioning(Task):
             results.append({"image_id": int(image_id), "caption": texts[0][0] if texts else "",
                             "beams": [{"caption": t, "score": s} for t, s in texts]})
         return results
+
+    def chance_levels(self, data):
+        if not data.has(self.dataset, "train", data.split):
+            return {}
+        evaluated = data.evaluated(self.dataset, ["image_id", "captions"])
+        captions_file = data.annotation_file("captions")  # the references the evaluation reads, where it has them
+        references = (load_coco_caption_references(captions_file, [r["image_id"] for r in evaluated]) if captions_file
+                      else {int(r["image_id"]): list(r["captions"]) for r in evaluated})
+        training = [c for r in data.training(self.dataset, ["captions"]) for c in r["captions"]]
+        return caption_chance(training, references, draws=data.draws)
 
     def evaluate(self, output: TaskOutput, context: MetricContext) -> tuple[dict, dict]:
         """BLEU / METEOR / ROUGE-L / CIDEr against the rows' reference captions; ``captions.json`` (COCO results)."""

@@ -12,10 +12,12 @@ import torch.nn.functional as F
 from unip2.config import TaskOptions
 from unip2.config_io import require
 from unip2.eval import classification_metrics
+from unip2.eval.chance import classification_chance
 from unip2.tasks.base import Task, image_batch, image_ids, local_gather
 from unip2.tasks.outputs import MetricContext, TaskOutput
 from unip2.tasks.routes import Route
 from unip2.tasks.preprocessing import center_resize, decode_image, random_resized_crop
+from unip2.tasks.headlines import Headline
 
 TASK_FLAGS = dict(input_image=True, target_category=True)
 
@@ -45,6 +47,10 @@ class Classification(Task):
     dataset = "imagenet"
     label_space = "imagenet"
     metric = "top1"
+    legacy_options = {"classification_label_smoothing": "label_smoothing"}
+    pretrains = "image"  # stage 1: the backbone as a plain classifier of these labels
+    headlines = (Headline("top1", "cls top-1", "classification top-1", paper_column="IN-1k top-1",
+                          default_run_goal=">= 0.9", benchmark_key="default_run_top1"),)
     Options = ClassificationOptions
     eval_columns = ("label",)
     routes = (Route("/v1/classify", "Top-k labels of an image", ClassifyRequest),)
@@ -78,6 +84,18 @@ class Classification(Task):
         logits = model.score(image_features, candidates, self.candidate_family)  # B×K
         smoothing = self.options(model).label_smoothing
         return {"loss_class": F.cross_entropy(logits.float(), batch["labels"], label_smoothing=smoothing)}
+
+    def chance_levels(self, data):
+        if not data.has(self.dataset, "train", data.split):
+            return {}
+        return {"top1": classification_chance([r["label"] for r in data.training(self.dataset, ["label"])],
+                                              [r["label"] for r in data.evaluated(self.dataset, ["label"])])}
+
+    def pretrain_loss(self, encoders, batch):
+        logits = encoders.classify(batch["images"])
+        loss = F.cross_entropy(logits.float(), batch["labels"], label_smoothing=encoders.label_smoothing)
+        right = (logits.detach().argmax(-1) == batch["labels"]).sum()
+        return loss, right, right.new_tensor(batch["labels"].numel())
 
     def loss_weights(self, model):
         return {"loss_class": 1.0}

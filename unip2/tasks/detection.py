@@ -19,10 +19,12 @@ from unip2.config_io import require
 from unip2.model.box_ops import box_cxcywh_to_xyxy
 from unip2.model.proposal_criterion import ProposalCriterion
 from unip2.eval import coco_eval, to_coco_results, write_coco_results
+from unip2.eval.chance import detection_chance
 from unip2.tasks.base import Task, image_batch, image_ids, local_gather, object_array
 from unip2.tasks.outputs import MetricContext, TaskOutput
 from unip2.tasks.routes import Route
 from unip2.tasks.preprocessing import decode_image, decode_rle, encode_rle, letterbox, letterbox_mask
+from unip2.tasks.headlines import Headline
 
 TASK_FLAGS = dict(input_image=True, target_category=True)
 MASK_STRIDE = 4  # target masks are stored at 1/4 of the input size, like the mask logits
@@ -59,6 +61,10 @@ class Detection(Task):
     dataset = "coco_instances"
     label_space = "coco"
     metric = "bbox_AP"
+    preset_options = {"tiny": {"max_per_image": 20}}
+    legacy_options = {"detection_max_per_image": "max_per_image", "detection_category_weight": "category_weight"}
+    headlines = (Headline("bbox_AP", "det AP", "box AP", paper_column="COCO box AP", default_run_goal=">= 0.5",
+                          benchmark_key="default_run_box_ap"),)
     Options = DetectionOptions
     with_masks = False
     iou_types = ("bbox",)
@@ -205,6 +211,14 @@ class Detection(Task):
         return results
 
     # ------------------------------------------------------------------------------ evaluation
+    def chance_levels(self, data):
+        instances = data.annotation_file("instances")
+        if self.with_masks or not instances or not data.has(self.dataset, "train", data.split):
+            return {}  # box AP only: no chance level of mask AP is defined
+        columns = ["image_id", "width", "height", "boxes", "category_ids"]
+        return {"bbox_AP": detection_chance(data.evaluated(self.dataset, columns), data.training(self.dataset, columns),
+                                            instances, draws=data.draws)}
+
     def missing_evaluation_data(self, manifest: dict, dataset: str, split: str) -> str | None:
         reason = super().missing_evaluation_data(manifest, dataset, split)
         if reason is None and not manifest.get("annotations", {}).get("instances", {}).get(split):

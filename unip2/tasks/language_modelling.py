@@ -31,6 +31,7 @@ from unip2.config_io import require
 from unip2.tasks.base import Task, local_gather
 from unip2.tasks.outputs import MetricContext, TaskOutput
 from unip2.tasks.routes import Route, ServeContext, ServeRequest
+from unip2.tasks.headlines import Headline
 
 TASK_FLAGS = dict(input_text=True, target_text=True)
 MASK_NAMES = ("<mask>", "[MASK]")  # RoBERTa's and BERT's mask tokens
@@ -72,6 +73,9 @@ class LanguageModelling(Task):
     eval_columns = ("captions",)
     candidate_family = "vocabulary"
     metric = "accuracy"
+    pretrains = "text"  # stage 1: the text encoder as a masked language model (RoBERTa's objective)
+    headlines = (Headline("accuracy", "MLM acc", "masked-token accuracy", default_run_goal=">= 0.8",
+                          benchmark_key="default_run_lm_accuracy"),)
     Options = LanguageModellingOptions
     routes = (Route("/v1/fill_mask", "The most likely tokens at each <mask> of a text", FillMaskRequest,
                     images="none", answer="answer_fill_mask"),)
@@ -94,6 +98,9 @@ class LanguageModelling(Task):
         attributes = model.attributes(tokens, token_text=True, **TASK_FLAGS)
         return model.decode(tokens, attributes, padding_mask=attention_mask == 0)["tokens"]
 
+    def candidate_count(self, model) -> int:
+        return model.tokenizer.vocab_size
+
     def vocabulary(self, model) -> torch.Tensor:
         ids = model.constant("vocabulary_ids", lambda: torch.arange(model.tokenizer.vocab_size))
         return model.encode_vocabulary(ids, token_is_target=True, **TASK_FLAGS)
@@ -108,6 +115,13 @@ class LanguageModelling(Task):
         logits, targets = self.logits(model, batch)
         smoothing = self.options(model).label_smoothing
         return {"loss_mlm": F.cross_entropy(logits.float(), targets, label_smoothing=smoothing)}
+
+    def pretrain_loss(self, encoders, batch):
+        targets = batch["targets"]
+        logits = encoders.encoder("text")(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        chosen = targets != -100
+        loss = F.cross_entropy(logits[chosen].float(), targets[chosen])
+        return loss, (logits.detach()[chosen].argmax(-1) == targets[chosen]).sum(), chosen.sum()
 
     def loss_weights(self, model):
         return {"loss_mlm": 1.0}

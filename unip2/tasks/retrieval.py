@@ -17,10 +17,12 @@ from unip2.config_io import require
 import numpy as np
 
 from unip2.eval import retrieval_metrics
+from unip2.eval.chance import retrieval_chance
 from unip2.tasks.base import Task, local_gather
 from unip2.tasks.outputs import MetricContext, TaskOutput
 from unip2.tasks.routes import Route, ServeContext, ServeRequest, stack_rows
 from unip2.tasks.captioned_images import preprocess_captioned_images
+from unip2.tasks.headlines import Headline
 
 IMAGE_FLAGS = dict(input_image=True, target_text=True)
 TEXT_FLAGS = dict(input_text=True, target_image=True)
@@ -59,6 +61,12 @@ class Retrieval(Task):
     name = "retrieval"
     dataset = "coco_captions"
     metric = "R@1"
+    headlines = (Headline("i2t_R@1", "i→t R@1", "retrieval R@1 image→text", paper_column="COCO i→t R@1",
+                          zero_shot_paper_column="F30k i→t R@1", default_run_goal=">= 0.5",
+                          benchmark_key="default_run_i2t_r1"),
+                 Headline("t2i_R@1", "t→i R@1", "retrieval R@1 text→image", paper_column="COCO t→i R@1",
+                          zero_shot_paper_column="F30k t→i R@1", default_run_goal=">= 0.5",
+                          benchmark_key="default_run_t2i_r1"))
     Options = RetrievalOptions
     eval_columns = ("captions",)  # the sentences to rank, embedded at prediction
     candidate_family = "retrieval"
@@ -166,6 +174,11 @@ class Retrieval(Task):
         """Preprocessed image rows → N×D embeddings (what a text query is scored against)."""
         images = self.collate(stack_rows(rows), device=model.pixel_mean.device)["images"]
         return self.image_features(model, images).float().cpu().numpy()
+
+    def chance_levels(self, data):
+        if not data.has(self.dataset):
+            return {}
+        return retrieval_chance([len(r["captions"]) for r in data.evaluated(self.dataset, ["image_id", "captions"])])
 
     def evaluate(self, output: TaskOutput, context: MetricContext) -> tuple[dict, dict]:
         """Every image of the split against every caption of the split; similarity = cosine (the model's score
