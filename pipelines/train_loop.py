@@ -70,7 +70,8 @@ def train_loop_per_worker(inputs: LoopInputs) -> None:
     # and there torch logs once per worker that it found none; the line stays in the worker's log).
     wrapped = ray.train.torch.prepare_model(
         TaskLoss(model), parallel_strategy_kwargs={"find_unused_parameters": True})
-    gather = gather_with_grad if (run.train.gather_retrieval and run.train.sampling == "unmixed") else local_gather
+    # The tasks that gather across workers (their options say) can only where every worker runs the same task.
+    gather = gather_with_grad if run.train.sampling == "unmixed" else local_gather
     precision = resolve_precision(run.train.precision, device)
     if rank == 0 and state["step"] == 0:
         print(f"[train] precision {precision} on {describe(device)}", flush=True)

@@ -35,7 +35,8 @@ class AppArgs(BaseModel):
 
     checkpoint: str = Field(..., description="checkpoint folder written by unip2.save")
     gallery: str | None = Field(None, description="converted data folder to index for /v1/retrieve/image")
-    gallery_dataset: str = Field("coco_captions", description="dataset of the gallery folder to index")
+    gallery_dataset: str | None = Field(None, description="dataset of the gallery folder to index (default: the "
+                                                            "ranking task's own dataset)")
     gallery_split: str = Field("test", description="split of the gallery dataset to index")
     gallery_limit: int = Field(5000, ge=1, description="most gallery images indexed")
     max_batch_size: int = Field(16, ge=1, description="largest batch per route in a replica")

@@ -20,11 +20,13 @@ from pathlib import Path
 
 from unip2 import config_io
 from unip2.run_config import RunConfig
+from unip2.tasks import tasks_with_option
 
 FULL = "full"
 """Name of the variant that is the base run unchanged."""
 NO_MOE = ("model.decoder.use_moe=false",)
 PLAIN_OPTIMIZATION = ("optim.name=adamw",)
+NO_GATHER = tuple(f"model.tasks.{name}.gather_negatives=false" for name in tasks_with_option("gather_negatives"))
 RANDOM_IMAGE_ENCODER = ("model.backbone.pretrained_path=null", "optim.backbone_lr_scale=1.0")
 RANDOM_TEXT_ENCODER = ("model.text.pretrained_path=null", "optim.text_lr_scale=1.0")
 """An encoder from random weights, at the full learning rate (the lower scale is for pretrained ones)."""
@@ -99,9 +101,8 @@ def build_plan(tasks: list[str], *, backbone_files: dict[str, str] | None = None
                 collaboration.rows.append((f"w/o {task}", add(Variant(f"without-{task}", NO_MOE, tasks=kept))))
     collaboration.rows.append(("all tasks with MoE", full))
     optimization = AblationTable("optimization", "Sampling and optimization (paper Table 4)", [
-        ("mixed", add(Variant("mixed", ("train.sampling=mixed", "train.gather_retrieval=false",
-                                        *PLAIN_OPTIMIZATION)))),
-        ("unmixed", add(Variant("unmixed", ("train.gather_retrieval=false", *PLAIN_OPTIMIZATION)))),
+        ("mixed", add(Variant("mixed", ("train.sampling=mixed", *NO_GATHER, *PLAIN_OPTIMIZATION)))),
+        ("unmixed", add(Variant("unmixed", (*NO_GATHER, *PLAIN_OPTIMIZATION)))),
         ("unmixed + gather", add(Variant("unmixed-gather", PLAIN_OPTIMIZATION))),
         ("unmixed + gather + MT-AdamW", full)])
     initialization = AblationTable("initialization", "Encoder initialization (paper Table 5)", [

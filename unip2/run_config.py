@@ -14,7 +14,7 @@ from unip2 import config_io
 from unip2.config import ModelConfig
 from unip2.config_io import ConfigError, require
 from unip2.presets import preset
-from unip2.tasks import OPTION_CLASSES, TASKS, validate_task_options
+from unip2.tasks import OPTION_CLASSES, TASKS, tasks_with_option, validate_task_options
 
 
 @dataclass
@@ -125,8 +125,6 @@ class TrainingConfig:
     """Seed of the model init, task sequence and data order."""
     sampling: Literal["unmixed", "mixed"] = "unmixed"
     """``unmixed``: one task per step for all workers (the paper); ``mixed``: each worker draws its own."""
-    gather_retrieval: bool = True
-    """Retrieval negatives from all workers (all-gather) instead of the local batch only."""
     log_every: int = 25
     """Steps between progress lines and metric reports."""
     checkpoint_every: int = 500
@@ -306,11 +304,16 @@ class RunConfig:
 
 def upgrade_legacy_fields(data: dict) -> dict:
     """Fields of earlier versions, as saved in their checkpoints' run configs: ``train.bf16`` (bf16 on GPUs) is
-    ``train.precision`` now (true → auto, false → fp32)."""
+    ``train.precision`` now (true → auto, false → fp32); ``train.gather_retrieval`` is the ``gather_negatives``
+    option of the tasks that have one."""
     train = data.get("train")
     if isinstance(train, dict) and "bf16" in train:
         bf16 = train.pop("bf16")
         train["precision"] = "auto" if bf16 else "fp32"
+    if isinstance(train, dict) and "gather_retrieval" in train:
+        gather = train.pop("gather_retrieval")
+        for name in tasks_with_option("gather_negatives"):
+            data.setdefault("model", {}).setdefault("tasks", {}).setdefault(name, {})["gather_negatives"] = gather
     return data
 
 

@@ -89,7 +89,8 @@ def test_variant_overrides_load_as_run_configs():
     global_only = load_run_config(None, variant_overrides(plan.variants["tokens-global"], base, seed=0))
     assert global_only.model.tokens.use_regional is False
     mixed = load_run_config(None, variant_overrides(plan.variants["mixed"], base, seed=0))
-    assert (mixed.train.sampling, mixed.train.gather_retrieval, mixed.optim.name) == ("mixed", False, "adamw")
+    assert (mixed.train.sampling, mixed.model.tasks["retrieval"].gather_negatives, mixed.optim.name) == (
+        "mixed", False, "adamw")
     init = load_run_config(None, variant_overrides(plan.variants["init-detection"], base, seed=0,
                                                    backbone_path="/b.safetensors"))
     assert init.model.backbone.pretrained_path == "/b.safetensors"
@@ -195,7 +196,7 @@ def test_tables_and_direction_checks(tmp_path):
     plan = build_plan(["classification", "retrieval", "detection"], only=[FULL, "all-no_moe"])
     table = next(t for t in plan.tables if t.key == "collaboration")
     markdown = report.table_markdown(table, rows, cols)
-    assert "| all tasks with MoE | `full` | 2 | – | 32.0 ± 2.8 | 50.0 ± 0.0 | 40.0 ± 0.0 |" in markdown
+    assert "| all tasks with MoE | `full` | 2 | 32.0 ± 2.8 | – | 50.0 ± 0.0 | 40.0 ± 0.0 |" in markdown
     path = report.write_table_csv(table, rows, cols, tmp_path / "t.csv")
     header = path.read_text().splitlines()[0].split(",")
     assert header[:2] == ["setting", "variant"] and "classification/top1/mean" in header

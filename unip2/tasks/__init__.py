@@ -6,6 +6,8 @@ of task names. Adding a task = one file implementing ``unip2.tasks.base.Task`` a
 
 from __future__ import annotations
 
+import dataclasses
+
 from unip2.config import ModelConfig, TaskOptions
 from unip2.config_io import require
 from unip2.tasks.base import Task, total_loss
@@ -36,6 +38,11 @@ def get_task(name: str) -> Task:
 def pretraining_task(encoder: str) -> str | None:
     """The task whose training data stage 1 pretrains ``encoder`` on (``Task.pretrains``), if any."""
     return next((name for name, task in TASKS.items() if task.pretrains == encoder), None)
+
+
+def tasks_with_option(field: str) -> list[str]:
+    """The registered tasks whose options have ``field`` (e.g. ``gather_negatives``)."""
+    return [name for name, task in TASKS.items() if field in {f.name for f in dataclasses.fields(task.Options)}]
 
 
 def options_class(name: str) -> type[TaskOptions]:
@@ -79,5 +86,5 @@ def check_model(model) -> None:
         task.check(model)
 
 
-__all__ = ["OPTION_CLASSES", "TASKS", "Task", "check_model", "get_task", "options_class", "pretraining_task",
+__all__ = ["OPTION_CLASSES", "TASKS", "Task", "check_model", "get_task", "options_class", "pretraining_task", "tasks_with_option",
            "score_families", "total_loss", "validate_task_options", "with_registered_tasks"]

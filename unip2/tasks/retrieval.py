@@ -36,6 +36,9 @@ class RetrievalOptions(TaskOptions):
     """Loss weight of the image → text InfoNCE term."""
     text_to_image_weight: float = 0.5
     """Loss weight of the text → image InfoNCE term."""
+    gather_negatives: bool = True
+    """In training on several workers, every worker's images and texts are the negatives (all-gathered with
+    gradients) instead of the local batch's only."""
 
     def validate(self, prefix: str = "") -> None:
         super().validate(prefix)
@@ -93,6 +96,8 @@ class Retrieval(Task):
         return model.decode(tokens, attributes, padding_mask=attention_mask == 0)["spe"]
 
     def loss(self, model, batch, *, gather=local_gather):
+        if not self.options(model).gather_negatives:
+            gather = local_gather
         images = self.image_features(model, batch["images"])
         texts = self.text_features(model, batch["input_ids"], batch["attention_mask"])
         all_images, offset = gather(images)
