@@ -27,7 +27,7 @@ from serve.errors import ApiError
 from serve.gallery import GallerySource, index_gallery
 from serve.ingress import REPLICA_HEADER, STATIC, add_task_routes, app, authorize, deadline_s, task_routes
 from serve.preprocessing import Preprocessor
-from serve.request_models import params_model, warm_up_params
+from serve.request_models import params_model, route_description, warm_up_params
 from serve.requests import ImageField, Limits, parse_request, read_body
 from serve.timing import HEADER as TIMING_HEADER, RequestTiming
 from unip2.precision import resolve_precision
@@ -80,7 +80,8 @@ class ModelReplica:
         return {"status": "ready", "device": self.device, "preset": self.model.config.preset,
                 "gallery_size": self._gallery_size()}
 
-    @app.get("/v1/tasks", summary="The tasks served, their endpoints, input settings and default class names")
+    @app.get("/v1/tasks", summary="The tasks served, their endpoints (request fields, how a page shows the "
+                                  "answer), input settings and default class names")
     async def tasks(self, request: Request) -> dict:
         authorize(request, self.token_sha256)
         config = self.model.config
@@ -90,7 +91,8 @@ class ModelReplica:
             tasks[name] = {"dataset": task.dataset, "metric": task.metric,
                            "class_names": config.class_names.get(task.label_space) if task.label_space else None,
                            **input_options(config.task_input_settings(name)),
-                           "endpoint": (paths[0] if len(paths) == 1 else paths) if paths else None}
+                           "endpoint": (paths[0] if len(paths) == 1 else paths) if paths else None,
+                           "routes": [route_description(route) for route in task.routes]}
         return {"tasks": tasks, "image_size": config.image_size, "pixel_mean": list(config.pixel_mean),
                 "pixel_std": list(config.pixel_std), "limits": asdict(self.limits)}
 

@@ -115,3 +115,22 @@ def _sample(annotation, metadata: list) -> Any:
     if base is bool:
         return False
     return WARM_UP_TEXT
+
+
+def route_description(route: Route) -> dict[str, Any]:
+    """What a client needs to build a form for ``route`` (the demo page builds its forms from it): the path, the
+    image field, how an answer is shown, example values and each request field's kind, bounds and default."""
+    schema = params_model(route).model_json_schema()
+    required = set(schema.get("required", []))
+    fields = []
+    for name, prop in schema.get("properties", {}).items():
+        kinds = [option for option in prop.get("anyOf", [prop]) if option.get("type") != "null"]
+        main = kinds[0] if kinds else {}
+        kind = main.get("type", "string")
+        if kind == "array":
+            kind = f"list of {main.get('items', {}).get('type', 'string')}"
+        fields.append({"name": name, "kind": kind, "required": name in required, "default": prop.get("default"),
+                       "description": prop.get("description", ""),
+                       **{bound: main[bound] for bound in ("minimum", "maximum") if bound in main}})
+    return {"path": route.path, "summary": route.summary, "images": route.images, "uses_gallery": route.uses_gallery,
+            "shows": route.shows, "example": dict(route.example), "fields": fields}

@@ -1,4 +1,5 @@
-"""The demo page in a real headless Chromium: load it, upload an image, wait for the drawing, read the caption.
+"""The demo page in a real headless Chromium: it builds one form per endpoint from ``/v1/tasks``; an uploaded image
+runs every one-image endpoint (drawing, caption, labels); a form's own button runs it with what was typed.
 
 Chromium comes from Debian (``scripts/install_browser.sh``, run by the CI set-up); it is driven over
 the DevTools protocol with the ``websockets`` client Ray Serve already depends on. A missing browser is
@@ -87,7 +88,7 @@ class Browser:
     def open(self, url: str) -> None:
         self.call("Page.enable")
         self.call("Page.navigate", url=url)
-        self.wait_for("document.readyState === 'complete' && !!document.querySelector('#file')", 30)
+        self.wait_for("document.readyState === 'complete' && document.body.dataset.state === 'ready'", 60)
 
     def set_file(self, selector: str, path: Path) -> None:
         root = self.call("DOM.getDocument")["root"]["nodeId"]
@@ -132,27 +133,41 @@ def test_demo_page_draws_detections_and_shows_the_caption(base_url, browser, emb
     expected = requests.post(base_url + "/v1/caption", files={"image": image.read_bytes()}, timeout=60).json()
     segmented = requests.post(base_url + "/v1/segment", files={"image": image.read_bytes()},
                               data={"max_detections": "10"}, timeout=60).json()
+    served = requests.get(base_url + "/v1/tasks", timeout=60).json()["tasks"]
 
     browser.open(base_url + "/")
-    assert browser.evaluate("document.body.dataset.state") == "idle"
+    sections = browser.evaluate("[...document.querySelectorAll('section[data-route]')].map(s => s.dataset.route)")
+    assert sections == [route["path"] for task in served.values() for route in task["routes"]]  # from /v1/tasks
     browser.set_file("#file", image)
     state = browser.wait_for("['done', 'error'].includes(document.body.dataset.state) && document.body.dataset.state")
     assert state == "done", browser.evaluate("document.querySelector('#status').textContent")
 
-    assert browser.evaluate("document.querySelector('#caption').textContent") == expected["caption"]
-    assert int(browser.evaluate("document.querySelector('#canvas').dataset.drawn")) == len(segmented["boxes"]) > 0
+    def inside(route: str, selector: str) -> str:
+        return f"document.querySelector('section[data-route=\"{route}\"] {selector}')"
+
+    assert browser.evaluate(inside("/v1/caption", ".answer-text") + ".textContent") == expected["caption"]
+    assert int(browser.evaluate(inside("/v1/segment", "canvas") + ".dataset.drawn")) == len(segmented["boxes"]) > 0
     # The drawing is on the canvas: it is no longer blank, and labels are listed.
-    colours = browser.evaluate("""(() => { const c = document.querySelector('#canvas');
+    colours = browser.evaluate("(() => { const c = " + inside("/v1/segment", "canvas") + """;
         const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; const seen = new Set();
         for (let i = 0; i < d.length; i += 4 * 97) seen.add(d[i] + ',' + d[i + 1] + ',' + d[i + 2]);
         return seen.size; })()""")
     assert colours > 3
-    assert browser.evaluate("document.querySelectorAll('#labels tbody tr').length") == 5
+    assert browser.evaluate("document.querySelectorAll('section[data-route=\"/v1/classify\"] tbody tr').length") == 5
 
-    browser.evaluate("document.querySelector('#texts').value = 'a red circle\\ntwo blue squares\\na green star'")
-    browser.evaluate("document.querySelector('#rank').click()")
-    browser.wait_for("document.querySelector('#ranking').dataset.state === 'done'")
-    ranked = browser.evaluate("[...document.querySelectorAll('#ranking li')].map(li => li.textContent)")
+    ranking = 'section[data-route="/v1/retrieve/text"]'
+    browser.evaluate(f"document.querySelector('{ranking} textarea[name=texts]').value = "
+                     "'a red circle\\ntwo blue squares\\na green star'")
+    browser.evaluate(f"document.querySelector('{ranking} button').click()")
+    browser.wait_for(f"document.querySelector('{ranking}').dataset.state === 'done'")
+    ranked = browser.evaluate(f"[...document.querySelectorAll('{ranking} li')].map(li => li.textContent)")
     assert len(ranked) == 3
     assert {re.sub(r"\s*\(.*\)$", "", text) for text in ranked} == {"a red circle", "two blue squares", "a green star"}
+
+    # An endpoint without an image runs from its form alone.
+    filling = 'section[data-route="/v1/fill_mask"]'
+    browser.evaluate(f"document.querySelector('{filling} button').click()")
+    assert browser.wait_for(f"['done', 'error'].includes(document.querySelector('{filling}').dataset.state) && "
+                            f"document.querySelector('{filling}').dataset.state") == "done"
+    assert browser.evaluate(f"document.querySelector('{filling} .answer-text').textContent")
     browser.screenshot(tmp_path / "demo.png")

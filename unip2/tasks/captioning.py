@@ -102,7 +102,7 @@ class Captioning(Task):
     Options = CaptioningOptions
     eval_columns = ("captions",)
     candidate_family = "vocabulary"
-    routes = (Route("/v1/caption", "A caption and the beams with their scores", CaptionRequest),)
+    routes = (Route("/v1/caption", "A caption and the beams with their scores", CaptionRequest, shows="text"),)
 
     def preprocess(self, batch, *, image_size, tokenizer, train, rng, max_text_length=32):
         return preprocess_captioned_images(batch, image_size=image_size, tokenizer=tokenizer, train=train, rng=rng,

@@ -53,7 +53,7 @@ class Classification(Task):
                           default_run_goal=">= 0.9", benchmark_key="default_run_top1"),)
     Options = ClassificationOptions
     eval_columns = ("label",)
-    routes = (Route("/v1/classify", "Top-k labels of an image", ClassifyRequest),)
+    routes = (Route("/v1/classify", "Top-k labels of an image", ClassifyRequest, shows="labels"),)
 
     def preprocess(self, batch, *, image_size, tokenizer, train, rng, max_text_length=32):
         images = []

@@ -70,7 +70,8 @@ class Detection(Task):
     iou_types = ("bbox",)
     """COCOeval runs, in order; the first names the headline metric."""
     results_file = "detections.json"
-    routes = (Route("/v1/detect", "Boxes (x, y, w, h in input pixels), labels, scores", DetectRequest),)
+    routes = (Route("/v1/detect", "Boxes (x, y, w, h in input pixels), labels, scores", DetectRequest,
+                    shows="instances", example={"max_detections": 10}),)
 
     def __init__(self):
         self._criteria: dict[int, ProposalCriterion] = {}

@@ -15,4 +15,5 @@ class InstanceSegmentation(Detection):
     with_masks = True
     iou_types = ("segm", "bbox")
     results_file = "segmentations.json"
-    routes = (Route("/v1/segment", "As detect, plus each instance's mask as COCO RLE", DetectRequest),)
+    routes = (Route("/v1/segment", "As detect, plus each instance's mask as COCO RLE", DetectRequest,
+                    shows="instances", example={"max_detections": 10}),)

@@ -78,7 +78,8 @@ class LanguageModelling(Task):
                           benchmark_key="default_run_lm_accuracy"),)
     Options = LanguageModellingOptions
     routes = (Route("/v1/fill_mask", "The most likely tokens at each <mask> of a text", FillMaskRequest,
-                    images="none", answer="answer_fill_mask"),)
+                    images="none", answer="answer_fill_mask", shows="text",
+                    example={"text": "a red <mask> at the top left"}),)
 
     # ------------------------------------------------------------------------------------ data
     def preprocess(self, batch, *, image_size, tokenizer, train, rng, max_text_length=32):

@@ -74,9 +74,11 @@ class Retrieval(Task):
     eval_columns = ("captions",)  # the sentences to rank, embedded at prediction
     candidate_family = "retrieval"
     routes = (Route("/v1/retrieve/text", "Candidate texts ranked for an image", RetrieveTextRequest,
-                    answer="answer_rank_texts"),
+                    answer="answer_rank_texts", shows="ranking",
+                    example={"texts": ["a red circle", "two blue squares", "a green triangle and a star"]}),
               Route("/v1/retrieve/image", "Images (uploaded, or the indexed gallery) ranked for a text",
-                    RetrieveImageRequest, images="many", answer="answer_rank_images", uses_gallery=True))
+                    RetrieveImageRequest, images="many", answer="answer_rank_images", uses_gallery=True,
+                    shows="ranking", example={"text": "a red circle"}))
     zero_shot_splits = (("flickr30k", "test"),)  # the Karpathy Flickr30k 1k test, never trained on
 
     def preprocess(self, batch, *, image_size, tokenizer, train, rng, max_text_length=32):

@@ -32,6 +32,13 @@ class Route:
     """Name of the task method answering a batch: ``(model, requests, context) → results``."""
     uses_gallery: bool = False
     """The route ranks the server's indexed gallery when a request brings no images."""
+    shows: Literal["instances", "labels", "text", "ranking", "json"] = "json"
+    """How the demo page shows an answer: ``instances`` drawn on the image (``boxes``, ``names``, ``scores``,
+    ``labels``, optional ``masks``), ``labels`` as a table (``top_names``, ``top_scores``), ``text`` (the
+    answer's first string field), ``ranking`` as a list (``results``: ``text`` or ``image_id``, ``score``),
+    ``json`` as it came."""
+    example: dict[str, Any] = field(default_factory=dict)
+    """Field values the demo page's form starts from (a required field needs one for the page to send it)."""
 
 
 @dataclass
