@@ -26,16 +26,15 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from unip2.data.parquet_schema import SCHEMAS
 
 def annotation_columns() -> dict[str, pa.DataType]:
     """Every registered task's ``eval_columns`` with its Arrow type (from the task's dataset schema)."""
-    from unip2.tasks import TASKS
+    from unip2.tasks import TASKS, dataset_schema
 
     columns: dict[str, pa.DataType] = {}
     for task in TASKS.values():
         for name in task.eval_columns:
-            columns.setdefault(name, SCHEMAS[task.dataset].field(name).type)
+            columns.setdefault(name, dataset_schema(task.dataset).field(name).type)
     return columns
 
 

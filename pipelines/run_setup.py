@@ -14,10 +14,9 @@ from unip2 import config_io
 from unip2.config_io import ConfigError
 from unip2.data.embedded import ensure_embedded_data
 from unip2.data.manifest import load_manifest, split_files, train_rows
-from unip2.data.parquet_schema import SCHEMAS
 from unip2.model.tokenizer import tokenizer_for
 from unip2.run_config import RunConfig, load_run_config
-from unip2.tasks import TASKS
+from unip2.tasks import TASKS, dataset_schema
 
 
 RUN_CONFIG_FILE = "run_config.yaml"
@@ -41,7 +40,7 @@ def _unusable_dataset(root: Path, manifest: dict, dataset: str, task: str) -> st
         return (f"dataset {dataset!r} has no 'train' split in {root}; the data folder has: "
                 f"{', '.join(sorted(manifest['datasets'])) or 'nothing'}")
     files = split_files(root, dataset, "train")
-    expected = SCHEMAS[TASKS[task].dataset]
+    expected = dataset_schema(TASKS[task].dataset)
     if files and [(f.name, f.type) for f in pq.read_schema(files[0])] != [(f.name, f.type) for f in expected]:
         return f"dataset {dataset!r} has other columns than the {task} task reads ({TASKS[task].dataset!r}'s)"
     return None

@@ -10,6 +10,7 @@ import dataclasses
 
 from unip2.config import ModelConfig, TaskOptions
 from unip2.config_io import require
+from unip2.data.parquet_schema import SCHEMAS
 from unip2.tasks.base import Task, total_loss
 from unip2.tasks.captioning import Captioning
 from unip2.tasks.classification import Classification
@@ -33,6 +34,17 @@ def get_task(name: str) -> Task:
     if name not in TASKS:
         raise KeyError(f"unknown task {name!r}; registered tasks: {', '.join(TASKS)}")
     return TASKS[name]
+
+
+def dataset_schema(dataset: str):
+    """The Arrow schema of ``dataset``: a built-in source's, else that of the task whose own dataset it is."""
+    if dataset in SCHEMAS:
+        return SCHEMAS[dataset]
+    owner = next((task for task in TASKS.values() if task.dataset == dataset and task.dataset_schema is not None),
+                 None)
+    if owner is None:
+        raise KeyError(f"no schema for dataset {dataset!r}: neither a built-in source nor a registered task's own")
+    return owner.dataset_schema
 
 
 def pretraining_task(encoder: str) -> str | None:
@@ -86,5 +98,5 @@ def check_model(model) -> None:
         task.check(model)
 
 
-__all__ = ["OPTION_CLASSES", "TASKS", "Task", "check_model", "get_task", "options_class", "pretraining_task", "tasks_with_option",
+__all__ = ["OPTION_CLASSES", "TASKS", "Task", "check_model", "dataset_schema", "get_task", "options_class", "pretraining_task", "tasks_with_option",
            "score_families", "total_loss", "validate_task_options", "with_registered_tasks"]

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from unip2.config import TaskInputs, TaskOptions
+from unip2.data.task_datasets import SourceRows
 from unip2.eval.chance import ChanceData
 from unip2.tasks.headlines import Headline
 from unip2.tasks.outputs import MetricContext, TaskOutput
@@ -48,6 +49,9 @@ class Task:
     dataset: str = ""
     """Dataset (in the converter's manifest) the task reads by default (``tasks.<task>.datasets`` of a run may
     list others of the same columns)."""
+    dataset_schema: Any = None
+    """The Arrow schema of ``dataset`` when it is the task's own (read from its source by ``read_source``); None
+    for a built-in source (``unip2.data.parquet_schema.SCHEMAS``)."""
     eval_columns: tuple[str, ...] = ()
     """Annotation columns of the dataset that prediction and ``evaluate`` read besides the image."""
     label_space: str | None = None
@@ -135,6 +139,12 @@ class Task:
             else:
                 out[key] = list(value)
         return out
+
+    def read_source(self, source) -> SourceRows:
+        """The task's own dataset in its source format (a file or folder) → rows of ``dataset_schema`` per split,
+        and its label spaces' names (``pipelines/prepare_data.py --task-data TASK SOURCE``)."""
+        raise NotImplementedError(f"the {self.name} task reads the built-in {self.dataset!r} dataset; its source "
+                                  f"is converted by pipelines/prepare_data.py's own options")
 
     def fill_options(self, options: TaskOptions, *, data_root, datasets: list[str], train_rows: int,
                      tokenizer) -> None:
