@@ -38,7 +38,7 @@ from unip2 import config_io
 from unip2.data.manifest import MANIFEST_FILE
 from unip2.model.tokenizer import tokenizer_for
 from unip2.data.manifest import load_manifest, train_rows
-from unip2.run_config import RunConfig, TaskRunConfig, load_run_config
+from unip2.run_config import RunConfig, TaskRunConfig, load_run_config, weights_to_download
 from unip2.tasks import TASKS, pretraining_task
 
 # Manifest fields that name where the data was converted from: the same data converted elsewhere keeps its key.
@@ -145,10 +145,13 @@ def ensure_pretrained_encoders(run: RunConfig, data_root: Path, out: Path) -> Ru
     has no result for this configuration; returns the run with ``pretrained_path`` filled in."""
     wanted = encoders_to_pretrain(run)
     encoders = encoders_with_data(run, wanted, load_manifest(data_root))
-    for encoder in wanted:
-        if encoder not in encoders:
-            print(f"[pretrain] the {encoder} encoder starts from random weights: its stage-1 task "
-                  f"({pretraining_task(encoder)}) has no training rows in {data_root}", flush=True)
+    without_data = [encoder for encoder in wanted if encoder not in encoders]
+    if without_data and run.pretrain.random_init == "refuse":
+        raise weights_to_download(run, without_data, f"not set, and stage 1 has no training rows for its task "
+                                                     f"in {data_root}")
+    for encoder in without_data:
+        print(f"[pretrain] the {encoder} encoder starts from random weights: its stage-1 task "
+              f"({pretraining_task(encoder)}) has no training rows in {data_root}", flush=True)
     if not encoders:
         return run
     stage = stage1_run(run, encoders)
@@ -173,7 +176,12 @@ def ensure_pretrained_encoders(run: RunConfig, data_root: Path, out: Path) -> Ru
 
 def pretrain_if_needed(run: RunConfig, data_root: Path, out: Path) -> RunConfig:
     """The launcher's stage-1 step: ``ensure_pretrained_encoders``, and the run folder's config records the
-    encoders it now starts from (so a resumed run does not look for stage 1 again)."""
+    encoders it now starts from (so a resumed run does not look for stage 1 again). An encoder neither given nor
+    pretrained is said to start from random weights."""
+    for encoder in run.random_encoders():
+        field = "model.backbone.pretrained_path" if encoder == "image" else "model.text.pretrained_path"
+        print(f"[pretrain] the {encoder} encoder starts from random weights ({field} not set, {encoder} not in "
+              "pretrain.encoders)", flush=True)
     pretrained = ensure_pretrained_encoders(run, data_root, out)
     if pretrained is not run:
         config_io.save(pretrained, out / RUN_CONFIG_FILE)

@@ -15,7 +15,7 @@ from unip2.config_io import ConfigError
 from unip2.data.embedded import ensure_embedded_data
 from unip2.data.manifest import load_manifest, split_files, train_rows
 from unip2.model.tokenizer import tokenizer_for
-from unip2.run_config import RunConfig, load_run_config
+from unip2.run_config import RunConfig, load_run_config, weights_to_download
 from unip2.tasks import TASKS, dataset_schema
 
 
@@ -86,6 +86,9 @@ def prepare_run(config_path: str | None, overrides: list[str], *, out: str | Non
     previous = out_dir / RUN_CONFIG_FILE
     if previous.is_file():  # resuming: the saved config wins, command-line overrides still apply
         run = load_run_config(previous, overrides)
+    if run.pretrain.random_init == "refuse" and run.random_encoders():  # before anything starts
+        raise weights_to_download(run, run.random_encoders(), "not set, and stage 1 (pretrain.encoders) does not "
+                                                             "pretrain it")
     root, manifest = resolve_data(run)
     if not run.model.class_names:
         run.model.class_names = {k: list(v) for k, v in manifest["class_names"].items()}

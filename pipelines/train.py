@@ -22,13 +22,16 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 from pipelines import ray_runtime  # (first: sets Ray's environment before ray is imported)
 from pipelines.cluster_fit import ClusterTooSmall
 from pipelines.pretrain import pretrain_if_needed
 from pipelines.run_setup import prepare_run
 from pipelines.train_checkpoint import export_model, read_state
 from pipelines.trainer import fit
-from unip2.run_config import RunConfig
+from unip2 import config_io
+from unip2.run_config import RunConfig, load_run_config
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -37,12 +40,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", help="run folder (default: runs/<timestamp>); an existing one is resumed")
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     parser.add_argument("--no-eval", action="store_true", help="skip the evaluation at the end")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved run config (file, the file it extends, overrides) and exit")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. train.steps=100")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.print_config:
+        try:
+            print(yaml.safe_dump(config_io.to_dict(load_run_config(args.config, args.overrides)), sort_keys=False),
+                  end="")
+        except (ValueError, KeyError, FileNotFoundError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        return 0
     started = time.time()
     # The stages, in order: prepare (config, data, Ray) → stage 1 if an encoder needs it → train → evaluate.
     try:  # whatever happens once Ray is up, no process of a local Ray outlives us
@@ -66,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def train_and_evaluate(args: argparse.Namespace, run: RunConfig, out: Path, data_root: Path, started: float) -> int:
-    print(f"[train] run folder {out}; data {data_root}; tasks {', '.join(run.tasks)}", flush=True)
+    print(f"[train] run folder {out}; data {data_root}; tasks {', '.join(run.tasks)}; resolved config "
+          f"{out / 'run_config.yaml'}", flush=True)
     scale = run.learning_rate_scale(run.scale.num_workers)
     if scale != 1.0:  # the learning rate follows the global batch (optim.lr_reference_workers)
         print(f"[train] global batch {run.scale.num_workers} workers × {run.train.accumulation_steps} micro-batches: "

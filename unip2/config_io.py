@@ -164,15 +164,29 @@ def load(cls: type[T], path: str | Path | None = None, overrides: list[str] | No
     return config
 
 
-def read_mapping(path: str | Path) -> dict[str, Any]:
-    """A YAML (or JSON) config file's top-level mapping; a missing file or a non-mapping is refused."""
+EXTENDS = "extends"
+"""Top-level key of a config file naming the file it starts from (relative to its own folder): the file then
+states only what differs."""
+
+
+def read_mapping(path: str | Path, *, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A YAML (or JSON) config file's top-level mapping, merged over the file it ``extends`` (if any); a missing
+    file, a non-mapping or a circle of ``extends`` is refused."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
     loaded = yaml.safe_load(path.read_text()) or {}
     if not isinstance(loaded, dict):
         raise ConfigError(str(path), "a config file must hold a mapping")
-    return loaded
+    parent = loaded.pop(EXTENDS, None)
+    if parent is None:
+        return loaded
+    if not isinstance(parent, str):
+        raise ConfigError(f"{path}: {EXTENDS}", "must name a config file")
+    parent_path = (path.parent / parent).resolve()
+    if parent_path in _seen or parent_path == path.resolve():
+        raise ConfigError(f"{path}: {EXTENDS}", f"{parent} extends back to this file")
+    return merge(read_mapping(parent_path, _seen=(*_seen, path.resolve())), loaded)
 
 
 def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:

@@ -235,6 +235,10 @@ class PretrainConfig:
     """Label smoothing of the classifier's cross-entropy."""
     max_grad_norm: float = 1.0
     """Each step's gradient is clipped to this norm (0 = no clipping)."""
+    random_init: Literal["allow", "refuse"] = "allow"
+    """An encoder with neither a ``pretrained_path`` nor stage 1 (``encoders``, with data for its task): ``allow``
+    starts it from random weights, said on the console; ``refuse`` does not start the run, naming the weights to
+    download and the key to set (the paper configs: a random Swin-B is not the paper's model)."""
 
     def validate(self, prefix: str = "") -> None:
         require(self.max_grad_norm >= 0, prefix + "max_grad_norm", "must be >= 0")
@@ -278,6 +282,12 @@ class RunConfig:
             task.validate(f"{prefix}tasks.{name}.")
         require(self.scale.min_workers is None or self.train.sampling == "unmixed", prefix + "scale.min_workers",
                 "elastic training needs train.sampling: unmixed (mixed draws depend on the worker count)")
+
+    def random_encoders(self) -> list[str]:
+        """The encoders that would start from random weights: no ``pretrained_path`` and not in
+        ``pretrain.encoders``."""
+        given = {"image": self.model.backbone.pretrained_path, "text": self.model.text.pretrained_path}
+        return [encoder for encoder in ENCODERS if given[encoder] is None and encoder not in self.pretrain.encoders]
 
     def learning_rate_scale(self, workers: int) -> float:
         """Linear scaling rule: the peak learning rate is ``optim.lr`` × this with ``workers`` running, the
@@ -340,3 +350,20 @@ def load_run_config(path: str | Path | None = None, overrides: list[str] | None 
     config = config_io.from_dict(RunConfig, merged, keyed_classes=OPTION_CLASSES)
     config_io.validate(config)
     return config
+
+
+def weights_to_download(run: RunConfig, encoders: list[str], why: str) -> ConfigError:
+    """The refusal of a start with ``encoders`` at random weights (``pretrain.random_init: refuse``): what to
+    download, the keys to set, and the other ways out. ``why``: how it came to that."""
+    name = run.model.backbone.name
+    repository = f"timm/{name}.ms_in22k" if name.startswith("swin_") else f"timm/{name}"
+    fields = {"image": "model.backbone.pretrained_path", "text": "model.text.pretrained_path"}
+    steps = {"image": (f"image: hf download {repository} model.safetensors --local-dir weights/{name}, then "
+                       f"model.backbone.pretrained_path=weights/{name}/model.safetensors"),
+             "text": ("text: hf download FacebookAI/roberta-base --local-dir weights/roberta-base (a transformers "
+                      "RoBERTa or BERT folder), then model.text.pretrained_path=weights/roberta-base")}
+    return ConfigError(" and ".join(fields[e] for e in encoders),
+                       f"{why}, so the run would start from random weights. Download and set them ("
+                       + "; ".join(steps[e] for e in encoders) + f"), or pretrain them on data.root first "
+                       f"(pretrain.encoders=[{','.join(encoders)}]), or accept random weights "
+                       "(pretrain.random_init=allow)")
