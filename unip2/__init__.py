@@ -5,6 +5,7 @@
     model = unip2.build_model(config)
     unip2.save(model, "ckpt/")
     model = unip2.load("ckpt/")
+    model.predict("image.jpg", task="classification", top_k=3)   # exactly what Serve's /v1/classify returns
 
 The task registry is ``unip2.tasks.TASKS``. This package never imports Ray.
 """

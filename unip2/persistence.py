@@ -19,6 +19,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 
 from unip2 import config_io
 from unip2.config import ModelConfig
+from unip2.inference import Model
 from unip2.model.generalist import UniPerceiverV2
 from unip2.model.tokenizer import TextTokenizer
 from unip2.tasks import OPTION_CLASSES, TASKS, check_model, validate_task_options, with_registered_tasks
@@ -27,11 +28,12 @@ WEIGHTS, CONFIG, TOKENIZER = "model.safetensors", "config.json", "tokenizer.json
 TEXT_ENCODER_CONFIG = "text_encoder_config.json"  # optional: checkpoints written before it rebuild a RoBERTa
 
 
-def build_model(config: ModelConfig, tokenizer: TextTokenizer | None = None) -> UniPerceiverV2:
-    """A model from a (validated) config; the tokenizer defaults to ``config.text.tokenizer_path``."""
+def build_model(config: ModelConfig, tokenizer: TextTokenizer | None = None) -> Model:
+    """A model from a (validated) config; the tokenizer defaults to ``config.text.tokenizer_path``. It predicts
+    as Serve answers (``model.predict``, ``unip2.inference``)."""
     config_io.validate(config)
     validate_task_options(config)
-    model = UniPerceiverV2.from_config(config, tokenizer)
+    model = Model.from_config(config, tokenizer)
     check_model(model)
     return model
 
@@ -94,8 +96,9 @@ def upgrade_legacy_config(data: dict) -> dict:
     return {**data, "tasks": upgraded}
 
 
-def load(directory: str | Path, *, device: str | torch.device = "cpu") -> UniPerceiverV2:
-    """Rebuild a saved model. A missing folder or file is refused with its path named."""
+def load(directory: str | Path, *, device: str | torch.device = "cpu") -> Model:
+    """Rebuild a saved model (``model.predict`` answers as its Serve routes do). A missing folder or file is
+    refused with its path named."""
     directory = Path(directory)
     config = load_config(directory)
     # The weights file already holds any pretrained weights: do not read the original files again.
@@ -107,7 +110,7 @@ def load(directory: str | Path, *, device: str | torch.device = "cpu") -> UniPer
     tokenizer = TextTokenizer.from_json((directory / TOKENIZER).read_text())
     saved_text_encoder = directory / TEXT_ENCODER_CONFIG
     text_encoder_config = json.loads(saved_text_encoder.read_text()) if saved_text_encoder.is_file() else None
-    model = UniPerceiverV2.from_config(config, tokenizer, text_encoder_config=text_encoder_config)
+    model = Model.from_config(config, tokenizer, text_encoder_config=text_encoder_config)
     check_model(model)
     load_model(model, str(directory / WEIGHTS), device=str(device))
     return model.to(device)

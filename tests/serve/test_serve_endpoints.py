@@ -281,3 +281,45 @@ def test_a_killed_model_replica_is_replaced(base_url, images):
     else:
         pytest.fail("no new model replica within 120 s")
     assert ok(upload(base_url, "/v1/classify", images["coco"])) == expected
+
+
+# ------------------------------------------------------------------------- model.predict (no Serve)
+def close(a, b, tolerance: float = 1e-4) -> bool:
+    """Equal JSON, numbers to ``tolerance`` (the replica and this process may sum in another order)."""
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(close(a[k], b[k], tolerance) for k in a)
+    if isinstance(a, list):
+        return isinstance(b, list) and len(a) == len(b) and all(close(x, y, tolerance) for x, y in zip(a, b))
+    if isinstance(a, float) or isinstance(b, float):
+        return abs(a - b) <= tolerance * max(1.0, abs(a))
+    return a == b
+
+
+def test_model_predict_returns_what_each_route_returns(base_url, tiny_checkpoint, images):
+    import unip2
+    from unip2.tasks.preprocessing import UndecodableImage
+
+    model = unip2.load(tiny_checkpoint)
+    picture = Image.open(io.BytesIO(images["coco"]))
+    cases = [("classification", "/v1/classify", {"top_k": 3}),
+             ("detection", "/v1/detect", {"max_detections": 5}),
+             ("instance_segmentation", "/v1/segment", {"max_detections": 3}),
+             ("captioning", "/v1/caption", {}),
+             ("retrieval", "/v1/retrieve/text", {"texts": ["a red circle", "two blue squares"]})]
+    for task, path, options in cases:
+        served = ok(upload(base_url, path, images["coco"], **options))
+        for given in (images["coco"], picture, np.asarray(picture.convert("RGB"))):  # bytes, PIL, array
+            predicted = model.predict(given, task=task, precision="fp32", **options)
+            if isinstance(given, bytes):
+                assert close(predicted, served), (path, predicted, served)
+            else:  # a PIL image or an array is sent as PNG: the same pixels, not the same file
+                assert predicted["task"] == task and predicted.keys() == served.keys(), path
+    listed = model.predict([images["coco"], images["coco2"]], task="classification", precision="fp32", top_k=2)
+    assert [r["top_names"] for r in listed] == [ok(upload(base_url, "/v1/classify", image, top_k=2))["top_names"]
+                                                for image in (images["coco"], images["coco2"])]
+    filled = model.predict(task="language_modelling", text="a red <mask> circle", precision="fp32")
+    assert close(filled, ok(upload(base_url, "/v1/fill_mask", text="a red <mask> circle")))
+    with pytest.raises(UndecodableImage, match="image 1"):
+        model.predict([images["coco"], b"not an image"], task="classification")
+    with pytest.raises(ValueError, match="not \\['top_kk'\\]"):
+        model.predict(images["coco"], task="classification", top_kk=3)
