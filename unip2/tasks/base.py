@@ -178,6 +178,12 @@ class Task:
         """Predictions for a collated batch, one dict per row in the task's standard format."""
         raise NotImplementedError
 
+    def prediction_files(self, answers: list[dict], files: list[str], out) -> dict[str, Any]:
+        """Files of the field's formats for answers to images outside any dataset (``pipelines/predict.py``):
+        ``answers[i]`` is the route's answer for ``files[i]``; images are numbered by their position → {kind:
+        path written}. Nothing by default (``predictions.jsonl`` holds every answer)."""
+        return {}
+
     # ------------------------------------------------------------------------------- serving
     @torch.no_grad()
     def answer_predict(self, model, requests: list[ServeRequest], context: ServeContext) -> list:

@@ -7,7 +7,9 @@ encoder and the shared decoder.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -206,6 +208,13 @@ class Captioning(Task):
                       else {int(r["image_id"]): list(r["captions"]) for r in evaluated})
         training = [c for r in data.training(self.dataset, ["captions"]) for c in r["captions"]]
         return caption_chance(training, references, draws=data.draws)
+
+    def prediction_files(self, answers, files, out):
+        """``captions.json``: COCO caption results, with each image's file name."""
+        path = write_coco_results([{"image_id": i, "file_name": file, "caption": answer["caption"]}
+                                   for i, (file, answer) in enumerate(zip(files, answers))],
+                                  Path(out) / "captions.json")
+        return {"captions": path}
 
     def evaluate(self, output: TaskOutput, context: MetricContext) -> tuple[dict, dict]:
         """BLEU / METEOR / ROUGE-L / CIDEr against the rows' reference captions; ``captions.json`` (COCO results)."""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -111,6 +113,13 @@ class Classification(Task):
                  "top_labels": [int(i) for i in row_labels], "top_names": [names[int(i)] for i in row_labels],
                  "top_scores": [float(s) for s in row_scores]}
                 for image_id, row_labels, row_scores in zip(batch["image_id"], labels, scores)]
+
+    def prediction_files(self, answers, files, out):
+        rows = [{"image_id": i, "file_name": file, "top_names": a["top_names"], "top_scores": a["top_scores"]}
+                for i, (file, a) in enumerate(zip(files, answers))]
+        path = Path(out) / "top_k.json"
+        path.write_text(json.dumps(rows, indent=1))
+        return {"top_k": path}
 
     def evaluate(self, output: TaskOutput, context: MetricContext) -> tuple[dict, dict]:
         """Top-1 / top-5 against the rows' labels; predicted names are matched to the data's classes by name,

@@ -7,7 +7,9 @@ proposals can attend to each other; each proposal's output is its representation
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -225,6 +227,18 @@ class Detection(Task):
         if reason is None and not manifest.get("annotations", {}).get("instances", {}).get(split):
             return f"no COCO instances annotation file for split {split!r} in the manifest"
         return reason
+
+    def prediction_files(self, answers, files, out):
+        """COCO results (``detections.json`` / ``segmentations.json``; category id = the label's index among the
+        candidate names) and ``images.json``, the COCO ``images`` and ``categories`` they refer to."""
+        names = {int(label): name for answer in answers for label, name in zip(answer["labels"], answer["names"])}
+        results = write_coco_results(to_coco_results([{"image_id": i, **answer} for i, answer in enumerate(answers)],
+                                                     range(max(names, default=-1) + 1)),
+                                     Path(out) / self.results_file)
+        images = Path(out) / "images.json"
+        images.write_text(json.dumps({"images": [{"id": i, "file_name": file} for i, file in enumerate(files)],
+                                      "categories": [{"id": i, "name": n} for i, n in sorted(names.items())]}))
+        return {self.results_file.removesuffix(".json"): results, "images": images}
 
     def evaluate(self, output: TaskOutput, context: MetricContext) -> tuple[dict, dict]:
         """COCOeval (pycocotools) of the predictions against the split's instances file. Predicted names are

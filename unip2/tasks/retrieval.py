@@ -6,7 +6,9 @@ by default), which is what unmixed sampling makes possible: every worker holds a
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -186,6 +188,13 @@ class Retrieval(Task):
         if not data.has(self.dataset):
             return {}
         return retrieval_chance([len(r["captions"]) for r in data.evaluated(self.dataset, ["image_id", "captions"])])
+
+    def prediction_files(self, answers, files, out):
+        """``rankings.json``: each image's candidate texts, best first."""
+        path = Path(out) / "rankings.json"
+        path.write_text(json.dumps([{"image_id": i, "file_name": file, "results": answer["results"]}
+                                    for i, (file, answer) in enumerate(zip(files, answers))], indent=1))
+        return {"rankings": path}
 
     def evaluate(self, output: TaskOutput, context: MetricContext) -> tuple[dict, dict]:
         """Every image of the split against every caption of the split; similarity = cosine (the model's score
