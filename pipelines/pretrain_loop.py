@@ -107,7 +107,8 @@ class EncoderStage(Stage):
         sums[3] += count
 
     def window(self, *, task, speed, seconds, elapsed):
-        fields = {"seconds": elapsed}
+        fields = {"seconds": elapsed, "steps_per_s": speed,
+                  **{f"lr/{name}": optimizer.param_groups[0]["lr"] for name, optimizer in self.optimizers.items()}}
         for name, (loss_sum, steps, right_sum, n) in self.sums.items():
             if steps:
                 fields[f"loss/{name}"] = float(loss_sum) / steps

@@ -26,6 +26,7 @@ import yaml
 
 from pipelines import ray_runtime  # (first: sets Ray's environment before ray is imported)
 from pipelines.cluster_fit import ClusterTooSmall
+from pipelines.live_metrics import TENSORBOARD, write_evaluation
 from pipelines.pretrain import pretrain_if_needed
 from pipelines.run_setup import prepare_run
 from pipelines.train_checkpoint import export_model, read_state
@@ -98,6 +99,8 @@ def train_and_evaluate(args: argparse.Namespace, run: RunConfig, out: Path, data
 
         summary["evaluation"] = evaluate(final, data_root, split="val", tasks=list(run.tasks), out_dir=out,
                                          precision=run.train.precision)
+        if run.logging.tensorboard:
+            write_evaluation(out / TENSORBOARD, summary["evaluation"], step=state["step"])
     summary["wall_seconds"] = time.time() - started
     (out / "train_summary.json").write_text(json.dumps(summary, indent=2, default=str))
     print(f"[train] done in {summary['wall_seconds']:.0f} s. Checkpoint: {final}\n"

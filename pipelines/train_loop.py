@@ -103,7 +103,8 @@ class GeneralistStage(Stage):
                                          f"gradient (last at step {step}, task {task}); stopping")
 
     def window(self, *, task, speed, seconds, elapsed):
-        fields = {"steps_per_s": speed, "workers": self.world_size,
+        fields = {"steps_per_s": speed, "workers": self.world_size, "lr": self.optimizer.param_groups[0]["lr"],
+                  "nonfinite_steps": self.state["nonfinite_steps"], "skipped_images": sum(self.skipped.values()),
                   **{f"loss/{name}": sum(v) / len(v) for name, v in self.window_losses.items()}}
         self.state["train_seconds"] += seconds
         self.window_losses.clear()
@@ -115,11 +116,8 @@ class GeneralistStage(Stage):
         state["skipped_images"] = dict(self.skipped)
         state["stream_anchor"] = self.plan.anchor_at(state["step"]) if self.plan is not None else None
         state["world_size"] = self.world_size
-        metrics = {"step": state["step"], "nonfinite_steps": state["nonfinite_steps"],
-                   "skipped_images": sum(state["skipped_images"].values())}
-        if state["history"]:
-            metrics.update({k: v for k, v in state["history"][-1].items() if k != "step"})
-        return metrics
+        return {**super().metrics(), "nonfinite_steps": state["nonfinite_steps"],
+                "skipped_images": sum(state["skipped_images"].values())}
 
     def save(self, directory: Path, *, final: bool) -> None:
         save_checkpoint(directory, model=self.model, optimizer=self.optimizer, state=self.state,

@@ -10,6 +10,7 @@ import ray.train
 from ray.train.torch import TorchTrainer
 
 from pipelines import cluster_fit, ray_runtime
+from pipelines.live_metrics import TENSORBOARD, TensorBoardLog
 from pipelines.stream_spec import StreamSpec
 from pipelines.loop_inputs import LoopHooks, LoopInputs
 from unip2.run_config import RunConfig
@@ -39,6 +40,8 @@ def torch_trainer(run: RunConfig, loop, *, name: str, storage_path: str | None, 
     use_gpu = ray_runtime.cluster_has_gpus() if run.scale.use_gpu is None else run.scale.use_gpu
     cluster_fit.ensure_cluster_fits(run, use_gpu=use_gpu)
     resources = cluster_fit.worker_resources(run, use_gpu=use_gpu)
+    if run.logging.tensorboard:  # every progress window's report, live
+        callbacks = [*callbacks, TensorBoardLog(out.resolve() / TENSORBOARD)]
     if storage_path is None:
         storage_path = str((out / "ray").resolve())
     elif "://" not in storage_path:  # a path every node sees; a URI (s3://, gs://) goes to Ray as is

@@ -1,6 +1,6 @@
 """The one worker loop both stages run on Ray Train: threads and seed, resume from the last checkpoint, the step
-stream, the windowed progress line, checkpoints on their schedule (every rank reports; rank 0 attaches the
-files). A stage supplies what differs, its model and its step (``Stage``): stage 1 in ``pipelines.pretrain_loop``,
+stream, the windowed progress line and its metrics reported through Ray Train (every ``train.log_every`` steps;
+``pipelines.live_metrics``), checkpoints on their schedule (every rank reports; rank 0 attaches the files). A stage supplies what differs, its model and its step (``Stage``): stage 1 in ``pipelines.pretrain_loop``,
 the generalist in ``pipelines.train_loop``.
 """
 
@@ -48,8 +48,11 @@ class Stage:
         raise NotImplementedError
 
     def metrics(self) -> dict:
-        """What every rank reports to Ray Train at a checkpoint."""
-        return {"step": self.state["step"]}
+        """What every rank reports to Ray Train after each progress window: the step and the last window's
+        history entry."""
+        history = self.state["history"]
+        return {"step": self.state["step"], **({k: v for k, v in history[-1].items() if k != "step"} if history
+                                              else {})}
 
     def save(self, directory: Path, *, final: bool) -> None:
         """Rank 0: the checkpoint's files (``final``: the run's last one)."""
@@ -87,7 +90,8 @@ def run_worker_loop(spec: StreamSpec, make_stage: Callable[..., Stage]) -> None:
         state["step"] = step + 1
         window_steps += 1
         done = state["step"] == total
-        if state["step"] % run.train.log_every == 0 or done:
+        logged = state["step"] % run.train.log_every == 0 or done
+        if logged:
             now = time.time()
             speed = window_steps / max(now - window_start, 1e-9)
             fields, shown = stage.window(task=task, speed=speed, seconds=now - window_start, elapsed=now - started)
@@ -99,6 +103,8 @@ def run_worker_loop(spec: StreamSpec, make_stage: Callable[..., Stage]) -> None:
             window_start, window_steps = now, 0
         if state["step"] % run.train.checkpoint_every == 0 or done:
             report(stage, final=done)
+        elif logged:
+            ray.train.report(stage.metrics(), checkpoint=None)  # live metrics: every rank, the same steps
     if rank == 0:
         print(f"{stage.prefix} finished {total} steps in {time.time() - started:.0f} s", flush=True)
 

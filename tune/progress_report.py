@@ -38,6 +38,8 @@ class ProgressReport(TuneReportCallback):
     def after_report(self, run_context, metrics, checkpoint):
         if self.stop_file is not None and self._watcher is None:
             self._watcher = StopWatcher(self.stop_file).start()
+        if checkpoint is None:  # a live-metrics report between checkpoints: Tune's results stay one per checkpoint
+            return
         first = dict(metrics[0])
         first[PROGRESS] = step_progress(first, self.reference)
         first[TRAIN_REPORT] = math.ceil(int(first["step"]) / self.checkpoint_every)

@@ -161,6 +161,15 @@ class TrainingConfig:
 
 
 @dataclass
+class LoggingConfig:
+    """Where a run's live metrics go besides its console and checkpoints (``pipelines.live_metrics``)."""
+
+    tensorboard: bool = True
+    """TensorBoard event files in the run folder (``<run>/tensorboard``; stage 1's in ``<run>/pretrain/``): every
+    progress window's losses, learning rate, speed and counters, and the evaluation's metrics at the end."""
+
+
+@dataclass
 class ScaleConfig:
     """Ray cluster resources of the run."""
 
@@ -271,6 +280,7 @@ class RunConfig:
     train: TrainingConfig = field(default_factory=TrainingConfig)
     scale: ScaleConfig = field(default_factory=ScaleConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
     out: str | None = None
     """Run folder; None = ``runs/<timestamp>``."""
 

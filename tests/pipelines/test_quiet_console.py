@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 import unip2
+from event_files import scalars
 from pipelines.pretrain import ensure_pretrained_encoders
 from unip2.model.tokenizer import tokenizer_for
 from unip2.run_config import load_run_config
@@ -56,6 +57,11 @@ def test_the_console_shows_each_progress_line_once_and_the_run_folder_keeps_the_
     for step in steps:  # rank 0's progress lines, in its own log file
         assert sum(line.startswith(f"[train] step {step} ") for line in kept) == 1
     assert set(kept) - set(console)  # what the console leaves out is kept
+
+    # TensorBoard: both stages' progress windows, and the evaluation at the last step.
+    logged = scalars(out / "tensorboard")
+    assert sorted(logged["steps_per_s"]) == [2, 4, 6] and set(logged["eval/classification/top1"]) == {6}
+    assert sorted(scalars(out / "pretrain" / "tensorboard")["steps_per_s"]) == [2, 4]
 
     # The run trained from stage 1's files, and the next run with the same settings reuses them.
     saved = load_run_config(out / "run_config.yaml")

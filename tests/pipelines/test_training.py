@@ -18,6 +18,7 @@ from pipelines.trainer import fit
 from unip2.optim import MTAdamW
 from unip2.training_setup import TaskLoss, optimizer_for
 
+from event_files import scalars
 from loop_hooks import FaultHooks
 
 SMALL = ["pretrain.encoders=[]", "scale.num_workers=2", "scale.cpus_per_worker=0.5", "data.loader_cpus=0.25", "optim.warmup_steps=2",
@@ -58,6 +59,11 @@ def test_short_run_trains_every_worker_on_one_task_per_step(ray_local, embedded_
     assert len({r[1] for r in rank0}) >= 2
     classification_steps = sum(r[1] == "classification" for r in rank0)
     assert classification_steps * 2 * 12 > 48  # more than one epoch of the smallest dataset streamed
+    # Live metrics: every progress window reported through Ray Train, in the run folder's TensorBoard files.
+    logged = scalars(out / "tensorboard")
+    assert sorted(logged["lr"]) == [2, 4, 6, 8, 10] and sorted(logged["steps_per_s"]) == [2, 4, 6, 8, 10]
+    assert {tag for tag in logged if tag.startswith("loss/")} <= {f"loss/{t}" for t in run.tasks} and logged[
+        "skipped_images"][10] == 0
     model = unip2.load(checkpoint / "model")  # the checkpoint is a plain unip2 model folder
     assert model.config.image_size == 64
     assert all(model.config.task_input_settings(name).image_size == 64 for name in run.tasks)
