@@ -18,6 +18,7 @@ import torch
 
 from pipelines.loop_inputs import METRICS, PretrainInputs
 from pipelines.stream_spec import StreamSpec
+from pipelines.train_checkpoint import load_stage1, save_stage1
 from pipelines.worker_loop import Stage, run_worker_loop
 from unip2.data.row_reader import RowReader
 from unip2.model.tokenizer import TextTokenizer
@@ -26,8 +27,6 @@ from unip2.precision import autocast, resolve_precision
 from unip2.pretraining import EncoderPretraining
 from unip2.tasks import TASKS
 from unip2.training_setup import learning_rate, set_learning_rate
-
-STATE = "pretrain_state.pt"
 
 
 def _optimizers(model: EncoderPretraining, run) -> dict[str, torch.optim.AdamW]:
@@ -68,11 +67,7 @@ class EncoderStage(Stage):
         self.sums = {task: [0.0, 0, 0, 0] for task in run.tasks}  # this window's loss sum, steps, right, n
 
     def restore(self, directory: Path) -> None:
-        saved = torch.load(directory / STATE, map_location=self.device, weights_only=False)
-        self.model.load_state_dict(saved["model"])
-        for task, optimizer in self.optimizers.items():
-            optimizer.load_state_dict(saved["optimizers"][task])
-        self.state = saved["state"]
+        self.state = load_stage1(directory, model=self.model, optimizers=self.optimizers, device=self.device)
 
     def start(self):
         self.wrapped = ray.train.torch.prepare_model(self.model,
@@ -119,9 +114,7 @@ class EncoderStage(Stage):
         return fields, shown
 
     def save(self, directory: Path, *, final: bool) -> None:
-        torch.save({"model": self.model.state_dict(), "state": self.state,
-                    "optimizers": {task: opt.state_dict() for task, opt in self.optimizers.items()}},
-                   directory / STATE)
+        save_stage1(directory, model=self.model, optimizers=self.optimizers, state=self.state)
         if final:  # the encoders as users download them, and how good they are
             results = {"history": self.state["history"], "validation": {}}
             if self.model.image is not None:

@@ -1,10 +1,15 @@
-"""A training checkpoint is a directory; everything in it loads without unpickling arbitrary objects.
+"""Both stages' checkpoints, in one place. A training checkpoint is a directory; everything in it loads without
+unpickling arbitrary objects.
 
     model/              unip2.save(): model.safetensors, config.json, tokenizer.json (unip2.load reads it)
     optimizer.pt        optimizer state (tensors and numbers only: torch.load(weights_only=True))
     train_state.json    next step, counters, loss history (the sampler needs no state: the plan is a
                         pure function of seed and step)
     run_config.yaml     the whole run config (``data.root``: the converted data folder it trained on)
+
+Stage 1's checkpoint (``save_stage1`` / ``load_stage1``) is ``pretrain_state.pt``: the two encoders, their
+optimizers and the loop's state, in one file (it never leaves its run: its outputs are the encoders written as
+users download them, ``pipelines.pretrain``).
 
 A run's final model folder (``<run>/checkpoint/``, written by ``export_model`` for ``pipelines/train.py``) is
 the last checkpoint's ``model/`` with its ``run_config.yaml`` beside it. ``model_folder`` and
@@ -48,6 +53,25 @@ def load_checkpoint(directory: str | Path, *, model, optimizer) -> dict:
 def read_state(directory: str | Path) -> dict:
     """The train state of a checkpoint folder (``train_state.json``): the one reader of it."""
     return json.loads((Path(directory) / "train_state.json").read_text())
+
+
+STAGE1_STATE = "pretrain_state.pt"
+
+
+def save_stage1(directory: str | Path, *, model, optimizers: dict, state: dict) -> Path:
+    path = Path(directory) / STAGE1_STATE
+    torch.save({"model": model.state_dict(), "state": state,
+                "optimizers": {task: optimizer.state_dict() for task, optimizer in optimizers.items()}}, path)
+    return path
+
+
+def load_stage1(directory: str | Path, *, model, optimizers: dict, device) -> dict:
+    """Restore the encoders and their optimizers in place; returns the loop's state."""
+    saved = torch.load(Path(directory) / STAGE1_STATE, map_location=device, weights_only=False)
+    model.load_state_dict(saved["model"])
+    for task, optimizer in optimizers.items():
+        optimizer.load_state_dict(saved["optimizers"][task])
+    return saved["state"]
 
 
 def export_model(checkpoint: str | Path, folder: str | Path) -> Path:
