@@ -2,7 +2,7 @@
 
     python benchmarks/data_ingest.py [--steps 120 --rounds 2 --cpus 2]     # starts a local Ray with --cpus
 
-Ours is the training stream itself (``pipelines.step_stream.stream_steps``: ``data.steps_per_block`` steps
+Ours is the training stream itself (``pipelines.data.step_stream.stream_steps``: ``data.steps_per_block`` steps
 per Ray Data block (one step per block is measured too, as the before figure),
 ``StepBatchLoader`` actors reading the plan's rows and running the task's ``preprocess``), with ``cpus``
 actors of 1 CPU each. The baseline is a ``torch.utils.data.DataLoader`` with ``cpus`` worker processes
@@ -33,7 +33,7 @@ GOAL = ">= 1.0"
 def ingest_spec(data_root: str | Path, steps: int):
     """The default run's stream spec (``StreamSpec``) for one worker and ``steps`` steps."""
     from benchmarks.run_inputs import default_run
-    from pipelines.stream_spec import StreamSpec
+    from pipelines.data.stream_spec import StreamSpec
 
     run = default_run(data_root, [f"train.steps={steps}", "scale.num_workers=1"])
     return StreamSpec.of(run, Path(data_root))
@@ -50,7 +50,7 @@ class StepDataset:
 
     def __getitem__(self, step: int) -> dict:
         if self.loader is None:  # built in the worker process, like the Ray actor's heavy set-up
-            from pipelines.step_stream import StepBatchLoader
+            from pipelines.data.step_stream import StepBatchLoader
 
             self.loader = StepBatchLoader(self.spec, rank=self.rank)
         return self.loader.load(step)
@@ -76,7 +76,7 @@ def _rows_per_second(batches, spec, warmup: int) -> tuple[float, float]:
 
 
 def ray_data_rows(spec, cpus: int, warmup: int, steps_per_block: int) -> tuple[float, float]:
-    from pipelines.step_stream import stream_steps
+    from pipelines.data.step_stream import stream_steps
 
     stream = stream_steps(spec, rank=0, start=0, concurrency=cpus, num_cpus=1, prefetch=2 * cpus,
                           steps_per_block=steps_per_block)
@@ -126,7 +126,7 @@ def run(data_root: str | Path, *, steps: int = 120, rounds: int = 2, cpus: int =
 
 def main(argv: list[str] | None = None) -> None:
     from benchmarks.run_inputs import embedded_data
-    from pipelines import ray_runtime  # noqa: F401  (Ray's environment)
+    from pipelines.run import ray_runtime  # noqa: F401  (Ray's environment)
 
     import ray
 

@@ -6,7 +6,7 @@
     python benchmarks/gpu_step.py train.activation_checkpointing=true    # recompute the stacks' blocks in backward
     python benchmarks/gpu_step.py --device cpu --preset tiny --steps 3   # CPU smoke (any machine)
 
-A step is what ``pipelines/train_loop.py`` does per step on one worker, without DDP: collate (host →
+A step is what ``pipelines/training/loop.py`` does per step on one worker, without DDP: collate (host →
 device), forward + backward under the run's ``train.precision`` (``--precision``; bf16 autocast where the
 hardware has it, CPUs with AVX512-BF16 or AMX included), MT-AdamW step. Inputs are real task batches of
 the synthetic shapes world, made by each task's own ``preprocess`` at the run config's per-task batch and

@@ -2,7 +2,7 @@
 
     python benchmarks/precision_step.py [--steps 60 --log-every 10 --rounds 2]   # starts a local Ray, 2 CPUs
 
-Both sides are ``pipelines.trainer.fit`` on the default run (tiny preset, every task, 2 workers of 0.5 CPU,
+Both sides are ``pipelines.training.trainer.fit`` on the default run (tiny preset, every task, 2 workers of 0.5 CPU,
 Ray Data step stream, DDP, MT-AdamW), the same steps and rows, differing only in ``train.precision``. Step
 times are read from the loop's logged windows as ``train_overhead`` does (the first window left out); rounds
 alternate the sides and each side's figure is its median round. The figure is fp32 ms/step ÷ bf16 ms/step:

@@ -17,7 +17,7 @@ everything else (system processes, Train's controller and helper actors, Ray Dat
 workers). The step rate is the steps between the first and the last progress line over the seconds between
 them. Beside the window's shares, the CPU seconds of the whole run per group (start-up and imports included:
 what ``ps``'s %CPU averages over a process's life). ``--variant NAME:KEY=VALUE,...`` adds runs of this tree
-with those environment variables set (e.g. Ray's defaults in place of pipelines/ray_runtime.py's). Must run
+with those environment variables set (e.g. Ray's defaults in place of pipelines/run/ray_runtime.py's). Must run
 with no Ray of this process's own (each run starts its own).
 """
 

@@ -41,7 +41,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipelines import ray_runtime  # noqa: E402  (Ray's environment, before ray is imported)
+from pipelines.run import ray_runtime  # noqa: E402  (Ray's environment, before ray is imported)
 from benchmarks import (data_ingest, default_run, flops, optimizer_step, precision_step,  # noqa: E402
                         serve_batching, train_overhead, tune_overhead)
 from benchmarks.results_table import failed, markdown_table, write_results  # noqa: E402

@@ -86,7 +86,7 @@ def run(*, checkpoint: str | None = None, task: str | None = None, requests: int
 
 
 def main(argv: list[str] | None = None) -> None:
-    from pipelines import ray_runtime
+    from pipelines.run import ray_runtime
 
     import ray
 

@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     import ray
 
     from benchmarks.serve_latency import test_images
-    from pipelines import ray_runtime
+    from pipelines.run import ray_runtime
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=200)

@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray")
     args = parser.parse_args(argv)
 
-    from pipelines import ray_runtime
+    from pipelines.run import ray_runtime
 
     import ray
 

@@ -2,7 +2,7 @@
 
     python benchmarks/train_overhead.py [--steps 60 --log-every 10 --rounds 1]   # starts a local Ray, 2 CPUs
 
-Ours: ``pipelines.trainer.fit`` on the default run (tiny preset, five tasks, batch 8, 2 workers of 0.5
+Ours: ``pipelines.training.trainer.fit`` on the default run (tiny preset, five tasks, batch 8, 2 workers of 0.5
 CPU, Ray Data step stream, DDP, MT-AdamW), one checkpoint at the end. Baseline: the same step in two
 plain processes joined by a gloo process group — same plan, same rows, decode and augment (a DataLoader
 worker per process calling the training stream's own ``StepBatchLoader``), same model, DDP with
@@ -51,8 +51,8 @@ def steady_step_s(history: list[dict], log_every: int) -> float:
 
 
 def ray_train_step_s(run, data_root: Path, out: Path) -> tuple[float, list[dict]]:
-    from pipelines.train_checkpoint import read_state
-    from pipelines.trainer import fit
+    from pipelines.training.checkpoints import read_state
+    from pipelines.training.trainer import fit
 
     history = read_state(fit(run, out=out, data_root=data_root))["history"]
     return steady_step_s(history, run.train.log_every), history
@@ -122,7 +122,7 @@ def _free_port() -> int:
 def bare_step_s(run, data_root: Path, out: Path) -> tuple[float, list[dict]]:
     import torch.multiprocessing
 
-    from pipelines.stream_spec import StreamSpec
+    from pipelines.data.stream_spec import StreamSpec
 
     history_file = out / "bare_history.json"
     torch.multiprocessing.spawn(_bare_worker, nprocs=run.scale.num_workers, join=True, args=(
@@ -161,7 +161,7 @@ def training_benchmark_main(run_fn, description: str, argv: list[str] | None = N
     import ray
 
     from benchmarks.run_inputs import embedded_data
-    from pipelines import ray_runtime
+    from pipelines.run import ray_runtime
 
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--data", help="converted data folder (default: the embedded default data)")

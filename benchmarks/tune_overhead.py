@@ -77,7 +77,7 @@ def phase_table(phases: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from pipelines import ray_runtime
+    from pipelines.run import ray_runtime
 
     import ray
 

@@ -19,8 +19,8 @@ Retrieval is also evaluated zero-shot on the Flickr30k test split when the data 
 
 Joins the Ray cluster at RAY_ADDRESS when set, else starts a local one. Writes metrics.json, report.md,
 predictions.png, detections.json, segmentations.json and captions.json into --out (see
-pipelines/evaluation.py) and prints metrics.json; Ray's own messages go to --out's ``logs/`` (see
-pipelines/ray_runtime.py), off the console. ``--class-names FILE``: a ``.json`` file
+pipelines/evaluation/pipeline.py) and prints metrics.json; Ray's own messages go to --out's ``logs/`` (see
+pipelines/run/ray_runtime.py), off the console. ``--class-names FILE``: a ``.json`` file
 {"imagenet": [...], "coco": [...]} replaces the candidate names of those label spaces; any other file
 holds one name per line and replaces the candidates of every evaluated task that has class names.
 Exit status 2: bad input (missing or incomplete checkpoint or data, no --data and no recorded training
@@ -37,9 +37,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `pipelines` importable when run as a script
 
-from pipelines import ray_runtime  # noqa: E402  (sets Ray's environment before ray is imported)
-from pipelines.evaluation import evaluate, plan_evaluation, read_class_names  # noqa: E402
-from pipelines.train_checkpoint import training_data_root  # noqa: E402
+from pipelines.run import ray_runtime  # noqa: E402  (sets Ray's environment before ray is imported)
+from pipelines.evaluation.pipeline import evaluate, plan_evaluation, read_class_names  # noqa: E402
+from pipelines.training.checkpoints import training_data_root  # noqa: E402
 from unip2.precision import PRECISIONS  # noqa: E402
 
 

@@ -27,9 +27,9 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `pipelines` importable when run as a script
 
-from pipelines import ray_runtime  # noqa: E402  (sets Ray's environment before ray is imported)
-from pipelines.prediction_grid import draw_prediction_grid, grid_panels  # noqa: E402
-from pipelines.train_checkpoint import model_folder  # noqa: E402
+from pipelines.run import ray_runtime  # noqa: E402  (sets Ray's environment before ray is imported)
+from pipelines.evaluation.prediction_grid import draw_prediction_grid, grid_panels  # noqa: E402
+from pipelines.training.checkpoints import model_folder  # noqa: E402
 from unip2.precision import PRECISIONS  # noqa: E402
 
 FOLDER = "images"

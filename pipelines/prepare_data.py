@@ -15,7 +15,7 @@ whatever is there (``Task.read_source``, ``unip2.data.task_datasets``):
 
 Web image-text pairs (img2dataset's webdataset output: folders, .tar files, s3:// URIs, brace patterns)
 become dataset ``web_pairs`` (train split) with Ray Data (a local Ray, or RAY_ADDRESS's cluster); added to
-an existing OUT without touching its other datasets (see pipelines/web_pairs.py):
+an existing OUT without touching its other datasets (see pipelines/data/web_pairs.py):
 
     python pipelines/prepare_data.py --web-pairs /datasets/cc3m --out /datasets/unip2-parquet
     python pipelines/prepare_data.py --web-pairs 's3://bucket/laion/{00000..00127}.tar' \
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
                            flickr30k_splits=tuple(args.flickr30k_splits), rows_per_shard=args.rows_per_shard,
                            workers=args.workers, overwrite=args.overwrite)
     if args.web_pairs:
-        from pipelines.web_pairs import add_web_pairs  # imports Ray, which the other converters do not need
+        from pipelines.data.web_pairs import add_web_pairs  # imports Ray, which the other converters do not need
 
         manifest = add_web_pairs(args.web_pairs, data_root=args.out, name=args.web_pairs_name,
                                  out=args.web_pairs_out, overwrite=args.overwrite,

@@ -24,13 +24,13 @@ from pathlib import Path
 
 import yaml
 
-from pipelines import ray_runtime  # (first: sets Ray's environment before ray is imported)
-from pipelines.cluster_fit import ClusterTooSmall
-from pipelines.live_metrics import TENSORBOARD, write_evaluation
-from pipelines.pretrain import pretrain_if_needed
-from pipelines.run_setup import prepare_run
-from pipelines.train_checkpoint import export_model, read_state
-from pipelines.trainer import fit
+from pipelines.run import ray_runtime  # (first: sets Ray's environment before ray is imported)
+from pipelines.run.cluster_fit import ClusterTooSmall
+from pipelines.training.live_metrics import TENSORBOARD, write_evaluation
+from pipelines.stage1.encoders import pretrain_if_needed
+from pipelines.run.prepare import prepare_run
+from pipelines.training.checkpoints import export_model, read_state
+from pipelines.training.trainer import fit
 from unip2 import config_io
 from unip2.run_config import RunConfig, load_run_config
 
@@ -89,13 +89,13 @@ def train_and_evaluate(args: argparse.Namespace, run: RunConfig, out: Path, data
     result_checkpoint = fit(run, out=out, data_root=data_root)
     final = export_model(result_checkpoint, out / "checkpoint")
     state = read_state(result_checkpoint)
-    from pipelines.curves import plot_curves
+    from pipelines.training.curves import plot_curves
 
     plot_curves(state["history"], out / "curves.png")
     summary = {"train_seconds": state["train_seconds"], "steps": state["step"],
                "nonfinite_steps": state["nonfinite_steps"], "skipped_images": state["skipped_images"]}
     if not args.no_eval:
-        from pipelines.evaluation import evaluate
+        from pipelines.evaluation.pipeline import evaluate
 
         summary["evaluation"] = evaluate(final, data_root, split="val", tasks=list(run.tasks), out_dir=out,
                                          precision=run.train.precision)

@@ -1,4 +1,4 @@
-"""Training-loop hooks the tests pass to ``pipelines.trainer.fit(hooks=...)``: a worker failure injected once,
+"""Training-loop hooks the tests pass to ``pipelines.training.trainer.fit(hooks=...)``: a worker failure injected once,
 non-finite losses, and a trace of what every worker trained at each step.
 
 Ray's workers cannot import the tests, so this module is pickled by value.
@@ -12,7 +12,7 @@ from pathlib import Path
 import ray.cloudpickle
 import torch
 
-from pipelines.loop_inputs import LoopHooks
+from pipelines.training.loop_inputs import LoopHooks
 
 
 class FaultHooks(LoopHooks):

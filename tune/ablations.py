@@ -39,8 +39,8 @@ REPO = Path(__file__).resolve().parents[1]
 if sys.path and Path(sys.path[0]).resolve() == REPO / "tune":
     sys.path[0] = str(REPO)  # run as a script: import the packages, not this folder's modules as top-level ones
 
-from pipelines import ray_runtime  # noqa: E402  (sets Ray's environment before ray is imported)
-from pipelines.run_setup import resolve_data  # noqa: E402
+from pipelines.run import ray_runtime  # noqa: E402  (sets Ray's environment before ray is imported)
+from pipelines.run.prepare import resolve_data  # noqa: E402
 from tune import ablation_report as report  # noqa: E402
 from tune.ablation_chance import chance_levels  # noqa: E402
 from tune.ablation_interference import InterferenceSettings, measure_interference  # noqa: E402
@@ -167,7 +167,7 @@ def set_aside(folder: Path, changed: list[str]) -> Path:
 
 def reevaluate(folder: Path, evaluation: EvaluationSettings) -> None:
     """Evaluate a finished trial's model again with ``evaluation`` (no training); updates ``trial.json``."""
-    from pipelines.evaluation import evaluate
+    from pipelines.evaluation.pipeline import evaluate
 
     started = time.time()
     run = load_run_config(folder / "run_config.yaml")
@@ -353,7 +353,7 @@ def run_ablations(spec: AblationSpec, out: str | Path) -> dict[str, Path]:
         load_run_config(spec.config_path, [*spec.overrides, *variant_overrides(variant, base, seed=0,
                                                                                  backbone_path="/dev/null")])
     ray_runtime.connect(spec.address or base.scale.address)
-    from pipelines.pretrain import pretrained_overrides
+    from pipelines.stage1.encoders import pretrained_overrides
 
     # Stage 1 once for every variant (cached): their encoders start from it unless a variant names its own.
     spec.overrides = [*spec.overrides, *pretrained_overrides(spec.config_path, spec.overrides, out / "stage1")]

@@ -44,7 +44,7 @@ def check_metric(name: str, tasks: list[str]) -> str:
 
 
 def task_scores(evaluation: dict, tasks: list[str]) -> dict[str, float]:
-    """``pipelines.evaluation.evaluate``'s result → {``<task>/<metric>``: value} (NaN where not evaluated)."""
+    """``pipelines.evaluation.pipeline.evaluate``'s result → {``<task>/<metric>``: value} (NaN where not evaluated)."""
     scores = {}
     for task in tasks:
         value = evaluation.get(task, {}).get(TASKS[task].metric)

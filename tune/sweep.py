@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 if sys.path and Path(sys.path[0]).resolve() == REPO / "tune":
     sys.path[0] = str(REPO)  # run as a script: import the packages, not this folder's modules as top-level ones
 
-from pipelines import ray_runtime  # noqa: E402,F401  (sets Ray's environment before ray is imported)
+from pipelines.run import ray_runtime  # noqa: E402,F401  (sets Ray's environment before ray is imported)
 from tune.objective import OBJECTIVE  # noqa: E402
 from tune.search_space import load_search_space  # noqa: E402
 from tune.trial import EvaluationSettings  # noqa: E402

@@ -1,8 +1,8 @@
 """One sweep trial: train the run config with the trial's ω_k, s_k and learning rate, evaluate, report.
 
 Train V2 style: the Tune trainable is a driver function that launches the project's TorchTrainer
-(``pipelines.trainer.make_trainer``) and, when it is done, evaluates the final checkpoint with
-``pipelines.evaluation.evaluate``. Every Train report (at each checkpoint: step, ``loss/<task>``) reaches
+(``pipelines.training.trainer.make_trainer``) and, when it is done, evaluates the final checkpoint with
+``pipelines.evaluation.pipeline.evaluate``. Every Train report (at each checkpoint: step, ``loss/<task>``) reaches
 Tune through ``tune.progress_report.ProgressReport`` with the loss ratio to the baseline added, for ASHA; the
 last report holds every task's headline metric and the objective.
 
@@ -28,10 +28,10 @@ from pathlib import Path  # noqa: E402
 
 import ray.tune  # noqa: E402
 
-from pipelines.ray_runtime import cluster_has_gpus  # noqa: E402
-from pipelines.pretrain import pretrain_if_needed  # noqa: E402
-from pipelines.run_setup import prepare_run  # noqa: E402
-from pipelines.trainer import make_trainer  # noqa: E402
+from pipelines.run.ray_runtime import cluster_has_gpus  # noqa: E402
+from pipelines.stage1.encoders import pretrain_if_needed  # noqa: E402
+from pipelines.run.prepare import prepare_run  # noqa: E402
+from pipelines.training.trainer import make_trainer  # noqa: E402
 from tune.objective import FLOOR, OBJECTIVE, PROGRESS, relative_objective, task_scores  # noqa: E402
 from tune.progress_report import ProgressReport, step_progress  # noqa: E402
 from tune.search_space import to_overrides  # noqa: E402
@@ -43,7 +43,7 @@ _IMPORTED = time.time()
 
 # The evaluation's code (the model, timm, transformers: ~3 s in a fresh process) is needed only once training is
 # done: a trial imports it in the background while Ray Train starts its workers, not before it can launch them.
-_EVALUATION_CODE = "pipelines.evaluation"
+_EVALUATION_CODE = "pipelines.evaluation.pipeline"
 
 
 def _import_evaluation_in_background() -> threading.Thread:
@@ -120,8 +120,8 @@ def train_and_evaluate(setup: TrialSetup, params: dict, out: Path, *, callbacks:
         return None
     trained = time.time()
     evaluation_code.join()
-    from pipelines.evaluation import evaluate
-    from pipelines.train_checkpoint import read_state
+    from pipelines.evaluation.pipeline import evaluate
+    from pipelines.training.checkpoints import read_state
 
     evaluation_settings = setup.evaluation
     with result.checkpoint.as_directory() as directory:

@@ -32,7 +32,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 from ray.tune.trainable.function_trainable import wrap_function
 
-from pipelines import ray_runtime
+from pipelines.run import ray_runtime
 from tune import orphaned_groups, results, trial_stop
 from tune.objective import FLOOR, OBJECTIVE, PROGRESS, check_metric
 from tune.progress_report import TRAIN_REPORT
@@ -257,7 +257,7 @@ def run_sweep(spec: SweepSpec | None, out: str | Path, *, address: str | None = 
     save_spec(spec, out)
     tasks = list(run.tasks)
     ray_runtime.connect(address or run.scale.address)
-    from pipelines.pretrain import pretrained_overrides
+    from pipelines.stage1.encoders import pretrained_overrides
 
     # Stage 1 once for the whole sweep (cached): every trial's encoders start from it.
     spec.overrides = [*spec.overrides, *pretrained_overrides(spec.config_path, spec.overrides, out / "stage1")]

@@ -162,7 +162,7 @@ class TrainingConfig:
 
 @dataclass
 class LoggingConfig:
-    """Where a run's live metrics go besides its console and checkpoints (``pipelines.live_metrics``)."""
+    """Where a run's live metrics go besides its console and checkpoints (``pipelines.training.live_metrics``)."""
 
     tensorboard: bool = True
     """TensorBoard event files in the run folder (``<run>/tensorboard``; stage 1's in ``<run>/pretrain/``): every
@@ -303,7 +303,7 @@ class RunConfig:
         """Linear scaling rule: the peak learning rate is ``optim.lr`` × this with ``workers`` running, the
         global batch (workers × ``train.accumulation_steps`` worker batches) over ``optim.lr_reference_workers``."""
         if self.scale.num_workers == "auto":
-            raise ValueError("scale.num_workers: auto is resolved when the run starts (pipelines/cluster_fit.py)")
+            raise ValueError("scale.num_workers: auto is resolved when the run starts (pipelines/run/cluster_fit.py)")
         accumulation = self.train.accumulation_steps
         reference = self.optim.lr_reference_workers or self.scale.num_workers * accumulation
         return workers * accumulation / reference

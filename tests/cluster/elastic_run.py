@@ -19,12 +19,12 @@ from pathlib import Path
 
 from multinode_run import NODE_CPUS, NODE_MEMORY, OVERRIDES, parse_args, train_once
 
-from pipelines import ray_runtime  # noqa: F401  (sets Ray's environment before ray is imported)
+from pipelines.run import ray_runtime  # noqa: F401  (sets Ray's environment before ray is imported)
 import ray  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
-from pipelines.run_setup import prepare_run  # noqa: E402
-from pipelines.stream_spec import StreamSpec  # noqa: E402
+from pipelines.run.prepare import prepare_run  # noqa: E402
+from pipelines.data.stream_spec import StreamSpec  # noqa: E402
 from unip2.data.row_reader import RowReader  # noqa: E402
 from unip2.tasks import TASKS  # noqa: E402
 

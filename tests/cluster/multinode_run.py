@@ -7,7 +7,7 @@ Run as its own process (tests/cluster/test_multinode_training.py does), never in
 the rest of the suite shares one local Ray, and a second cluster in the same process would clash with it.
 Prints one line ``RESULT {json}`` with what the checks need.
 
-Node sizes: ``ray.data.from_numpy`` in ``pipelines/step_stream.py`` runs one 1-CPU task per step block,
+Node sizes: ``ray.data.from_numpy`` in ``pipelines/data/step_stream.py`` runs one 1-CPU task per step block,
 so each node keeps 1 logical CPU free for them (with no free CPU the stream waits forever). Each node has
 3 logical CPUs; a worker takes 1.75 and its loader 0.25, so two workers cannot share a node and the
 placement group puts one on each. Logical CPUs only: the work is the same as with 1-CPU nodes.
@@ -25,12 +25,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the loop hooks
 
-from pipelines import ray_runtime  # noqa: F401,E402  (sets Ray's environment before ray is imported)
+from pipelines.run import ray_runtime  # noqa: F401,E402  (sets Ray's environment before ray is imported)
 import ray  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
-from pipelines.run_setup import prepare_run  # noqa: E402
-from pipelines.trainer import fit  # noqa: E402
+from pipelines.run.prepare import prepare_run  # noqa: E402
+from pipelines.training.trainer import fit  # noqa: E402
 from loop_hooks import FaultHooks  # noqa: E402
 
 NODE_CPUS = 3
@@ -109,7 +109,7 @@ def main() -> int:
     cluster.wait_for_nodes()
     result: dict = {"cluster_start_s": round(time.time() - started, 1),
                     "nodes": {"node_a": cluster.head_node.node_id, "node_b": second.node_id}}
-    os.environ["RAY_ADDRESS"] = cluster.address  # how train.py joins a cluster (pipelines/ray_runtime.py)
+    os.environ["RAY_ADDRESS"] = cluster.address  # how train.py joins a cluster (pipelines/run/ray_runtime.py)
     try:
         result["first"] = train_once(Path(args.data), out, storage, work / "trace1", fail_at_step=FAIL_STEP,
                                      fail_marker=work / "fired")

@@ -4,8 +4,8 @@ captions before training, keeps them on resume, and the trained model scores exa
 import pytest
 
 import unip2
-from pipelines.run_setup import fill_task_options, prepare_run
-from pipelines.trainer import fit
+from pipelines.run.prepare import fill_task_options, prepare_run
+from pipelines.training.trainer import fit
 from unip2.config_io import ConfigError
 from unip2.data.caption_vocabulary import training_caption_token_ids
 from unip2.data.manifest import load_manifest

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.cluster_fit import ClusterTooSmall, auto_worker_count, resolve_worker_count
-from pipelines.trainer import make_trainer
+from pipelines.run.cluster_fit import ClusterTooSmall, auto_worker_count, resolve_worker_count
+from pipelines.training.trainer import make_trainer
 from unip2.run_config import load_run_config
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def evaluation(ray_local, tiny_checkpoint, embedded_data, tmp_path_factory):
-    from pipelines.evaluation import evaluate
+    from pipelines.evaluation.pipeline import evaluate
 
     out = tmp_path_factory.mktemp("evaluation")
     return evaluate(tiny_checkpoint, embedded_data, split="val", out_dir=out, batch_size=8, meteor=False), out

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 import unip2
-from pipelines.batch_predictor import BatchPredictor
+from pipelines.evaluation.batch_predictor import BatchPredictor
 from pipelines.evaluate import main
-from pipelines.evaluation import ClassNamesMismatch, Evaluation, plan_evaluation, read_class_names
-from pipelines.train_checkpoint import export_model, training_data_root
+from pipelines.evaluation.pipeline import ClassNamesMismatch, Evaluation, plan_evaluation, read_class_names
+from pipelines.training.checkpoints import export_model, training_data_root
 from unip2 import config_io
 from unip2.data.manifest import read_rows
 from unip2.run_config import load_run_config

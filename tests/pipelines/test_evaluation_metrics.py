@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.evaluation_report import write_report
-from pipelines.prediction_grid import Panel, draw_prediction_grid, grid_panels
+from pipelines.evaluation.report import write_report
+from pipelines.evaluation.prediction_grid import Panel, draw_prediction_grid, grid_panels
 from unip2.data.manifest import load_manifest, read_rows
 from unip2.tasks import TASKS
 from unip2.tasks.base import Task

@@ -4,9 +4,9 @@ run says), then the generalist trains on classification."""
 
 import json
 
-from pipelines.pretrain import pretrain_if_needed
-from pipelines.run_setup import prepare_run
-from pipelines.trainer import fit
+from pipelines.stage1.encoders import pretrain_if_needed
+from pipelines.run.prepare import prepare_run
+from pipelines.training.trainer import fit
 from unip2.data.manifest import load_manifest
 from unip2.data.prepare import prepare
 

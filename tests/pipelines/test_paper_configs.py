@@ -13,8 +13,8 @@ import pytest
 import torch
 
 import unip2
-from pipelines.step_stream import StepBatchLoader
-from pipelines.stream_spec import StreamSpec
+from pipelines.data.step_stream import StepBatchLoader
+from pipelines.data.stream_spec import StreamSpec
 from unip2.data.manifest import load_manifest
 from unip2.run_config import load_run_config
 from unip2.tasks import TASKS

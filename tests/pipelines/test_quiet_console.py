@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 import unip2
 from event_files import scalars
-from pipelines.pretrain import ensure_pretrained_encoders
+from pipelines.stage1.encoders import ensure_pretrained_encoders
 from unip2.model.tokenizer import tokenizer_for
 from unip2.run_config import load_run_config
 
@@ -97,7 +97,7 @@ def test_stage1_cache_key_follows_the_data_not_where_it_was_converted_from(embed
     import json
     import shutil
 
-    from pipelines.pretrain import cache_key, stage1_run
+    from pipelines.stage1.encoders import cache_key, stage1_run
 
     run = load_run_config(None, [f"data.root={embedded_data}"])
     run.model.class_names = {"imagenet": ["a", "b"], "coco": ["a", "b"]}

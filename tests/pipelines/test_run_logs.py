@@ -1,4 +1,4 @@
-"""A run's logs/ folder (pipelines/run_logs.py), without starting Ray: what leaves the console and what stays.
+"""A run's logs/ folder (pipelines/run/logs.py), without starting Ray: what leaves the console and what stays.
 
 The routing swaps the process's stderr, so it runs in a child process of its own: the test sees that process's
 console as a user would, untouched by the test runner's own capture of stderr.
@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[2]
 SCRIPT = textwrap.dedent("""
     import logging, os, sys
     from pathlib import Path
-    from pipelines.run_logs import RunLogs
+    from pipelines.run.logs import RunLogs
 
     session, run = Path(sys.argv[1]), Path(sys.argv[2])
     logs = RunLogs(run / "logs")

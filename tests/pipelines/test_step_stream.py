@@ -3,9 +3,9 @@ the plan's loader makes for that step."""
 
 import numpy as np
 
-from pipelines.run_setup import prepare_run
-from pipelines.step_stream import StepBatchLoader, stream_steps
-from pipelines.stream_spec import StreamSpec
+from pipelines.run.prepare import prepare_run
+from pipelines.data.step_stream import StepBatchLoader, stream_steps
+from pipelines.data.stream_spec import StreamSpec
 
 
 def test_steps_cross_window_boundaries_in_order(ray_local, embedded_data, tmp_path):

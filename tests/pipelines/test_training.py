@@ -11,10 +11,10 @@ import torch
 from safetensors.torch import load_file
 
 import unip2
-from pipelines.run_setup import prepare_run
-from pipelines.step_stream import StepBatchLoader
-from pipelines.stream_spec import StreamSpec
-from pipelines.trainer import fit
+from pipelines.run.prepare import prepare_run
+from pipelines.data.step_stream import StepBatchLoader
+from pipelines.data.stream_spec import StreamSpec
+from pipelines.training.trainer import fit
 from unip2.optim import MTAdamW
 from unip2.training_setup import TaskLoss, optimizer_for
 
@@ -236,7 +236,7 @@ def test_invalid_config_is_refused_naming_the_field(embedded_data, tmp_path):
 
 def test_cloud_storage_uri_is_passed_to_ray_as_is(ray_local, embedded_data, tiny_config, tmp_path):
     """(On Ray: a trainer is sized against the cluster before it is built.)"""
-    from pipelines.trainer import make_trainer
+    from pipelines.training.trainer import make_trainer
     from unip2.run_config import load_run_config
 
     run = load_run_config(overrides=["scale.storage_path=s3://bucket/unip2-runs", "scale.use_gpu=false",

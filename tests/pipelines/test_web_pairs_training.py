@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from pipelines import prepare_data
-from pipelines.run_setup import prepare_run
-from pipelines.stream_spec import StreamSpec
-from pipelines.trainer import fit
+from pipelines.run.prepare import prepare_run
+from pipelines.data.stream_spec import StreamSpec
+from pipelines.training.trainer import fit
 from unip2.config_io import ConfigError
 from unip2.data.manifest import load_manifest, read_rows
 from unip2.data.row_reader import RowReader
@@ -137,7 +137,7 @@ def test_base_config_lines_for_web_pairs_load(tmp_path):
 
 
 def test_web_pairs_never_replace_converter_datasets_or_foreign_folders(web_shards, embedded_data, tmp_path):
-    from pipelines.web_pairs import add_web_pairs
+    from pipelines.data.web_pairs import add_web_pairs
 
     source = [str(web_shards["web"])]
     with pytest.raises(ValueError, match="converter's own datasets"):

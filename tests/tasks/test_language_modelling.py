@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import unip2
-from pipelines.run_setup import check_data
+from pipelines.run.prepare import check_data
 from unip2.data.manifest import load_manifest
 from unip2.data.row_reader import RowReader
 from unip2.model.tokenizer import tokenizer_for

@@ -77,7 +77,7 @@ import ray
 import requests
 
 import unip2
-from pipelines import ray_runtime
+from pipelines.run import ray_runtime
 from serve.app import AppArgs, build_app
 from serve.local_run import run_local, stop_local
 

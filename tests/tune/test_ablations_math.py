@@ -101,7 +101,7 @@ def test_variant_overrides_load_as_run_configs():
 def test_initialization_variants_resolve_their_encoders(tmp_path):
     """As a trial resolves them: the base, then stage 1's overrides (as ``run_ablations`` appends them to the
     sweep's), then the variant's; and no trial would run stage 1 itself."""
-    from pipelines.pretrain import encoders_to_pretrain
+    from pipelines.stage1.encoders import encoders_to_pretrain
     from tune.ablations import DEFAULT_CONFIG
 
     image, text = tmp_path / "stage1" / "image" / "model.safetensors", tmp_path / "stage1" / "text"

@@ -16,9 +16,9 @@ import pytest
 import ray
 import ray.tune
 
-from pipelines.pretrain import pretrain_if_needed
-from pipelines.run_setup import prepare_run
-from pipelines.trainer import fit
+from pipelines.stage1.encoders import pretrain_if_needed
+from pipelines.run.prepare import prepare_run
+from pipelines.training.trainer import fit
 from tune import sweep
 from tune.objective import OBJECTIVE, metric_key
 from unip2.run_config import load_run_config

@@ -8,7 +8,7 @@ from collections import defaultdict
 
 import pytest
 
-from pipelines.evaluation import evaluate, plan_evaluation, predict_in_process, predict_splits
+from pipelines.evaluation.pipeline import evaluate, plan_evaluation, predict_in_process, predict_splits
 from unip2.data.manifest import split_files
 
 

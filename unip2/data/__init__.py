@@ -9,7 +9,7 @@
   ``pipelines/prepare_data.py``.
 - ``web_pairs``: WebDataset tar shards of web image-text pairs (img2dataset's output) → Parquet of the
   captions schema, one shard at a time (``shard_paths`` finds the shards: folders, URIs, brace patterns);
-  ``pipelines/web_pairs.py`` runs it over all shards with Ray Data.
+  ``pipelines/data/web_pairs.py`` runs it over all shards with Ray Data.
 
 Nothing heavy is imported here; import the submodule you need.
 """

@@ -1,7 +1,7 @@
 """Captioning's restricted candidate vocabulary: the token ids that occur in the training captions.
 
 Under ``tasks.caption_vocabulary: training_captions`` a training run computes the set once, before it
-starts (``pipelines/run_setup.py``), and stores it in ``tasks.caption_token_ids``, which is saved with the
+starts (``pipelines/run/prepare.py``), and stores it in ``tasks.caption_token_ids``, which is saved with the
 model so inference scores the same candidates.
 """
 

@@ -11,7 +11,7 @@
                  "web_pairs": [shard folder, URI or pattern, ...]}}   # one key per web-pairs dataset
 
 File paths in ``datasets`` are relative to the folder holding the manifest, or absolute: a path, or a URI
-(``s3://...``) that pyarrow opens (web pairs written elsewhere, see ``pipelines/web_pairs.py``).
+(``s3://...``) that pyarrow opens (web pairs written elsewhere, see ``pipelines/data/web_pairs.py``).
 """
 
 from __future__ import annotations

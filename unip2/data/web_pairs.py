@@ -19,7 +19,7 @@ Samples that cannot train are skipped and counted by reason: ``missing_image``, 
 
 The tar is read as a stream (``r|``, no seeking: S3 objects stream as they are read) and rows are
 written in row groups, so memory holds one row group, whatever the shard size. Pure Python + pyarrow;
-``pipelines/web_pairs.py`` runs this over every shard with Ray Data.
+``pipelines/data/web_pairs.py`` runs this over every shard with Ray Data.
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import ray
 
-from pipelines import ray_runtime
+from pipelines.run import ray_runtime
 from unip2.data.manifest import FORMAT_VERSION, MANIFEST_FILE, load_manifest, write_manifest
 from unip2.data.parquet_schema import SCHEMAS
 from unip2.data.shard_paths import is_uri, list_shards

@@ -1,7 +1,7 @@
 """Batch evaluation of a checkpoint on a converted data folder, with Ray Data.
 
     import ray
-    from pipelines.evaluation import evaluate
+    from pipelines.evaluation.pipeline import evaluate
     ray.init(...)                        # the caller starts or joins Ray; evaluate() never does
     metrics = evaluate("ckpt/", "data/parquet", split="val", out_dir="eval/")
 
@@ -36,18 +36,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipelines.batch_predictor import BatchPredictor, annotation_columns, decode_predictions, to_row_schema
-from pipelines.evaluation_report import write_report
-from pipelines.prediction_grid import draw_prediction_grid, grid_panels
-from pipelines.ray_runtime import cluster_has_gpus
-from pipelines.train_checkpoint import model_folder
+from pipelines.evaluation.batch_predictor import BatchPredictor, annotation_columns, decode_predictions, to_row_schema
+from pipelines.evaluation.report import write_report
+from pipelines.evaluation.prediction_grid import draw_prediction_grid, grid_panels
+from pipelines.run.ray_runtime import cluster_has_gpus
+from pipelines.training.checkpoints import model_folder
 from unip2.config import ModelConfig
 from unip2.data.manifest import load_manifest, split_files
 from unip2.persistence import WEIGHTS, load_config
 from unip2.tasks import TASKS, get_task
 from unip2.tasks.outputs import MetricContext, TaskOutput
 
-logger = logging.getLogger("pipelines.evaluation")
+logger = logging.getLogger("pipelines.evaluation.pipeline")
 
 
 class ClassNamesMismatch(ValueError):

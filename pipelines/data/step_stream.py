@@ -21,7 +21,7 @@ from collections import Counter
 import numpy as np
 import ray
 
-from pipelines.stream_spec import StreamSpec
+from pipelines.data.stream_spec import StreamSpec
 from unip2.data.row_reader import RowReader
 from unip2.model.tokenizer import TextTokenizer
 from unip2.training_setup import TEXT_LENGTH_MULTIPLE

@@ -9,7 +9,7 @@ unpickling arbitrary objects.
 
 Stage 1's checkpoint (``save_stage1`` / ``load_stage1``) is ``pretrain_state.pt``: the two encoders, their
 optimizers and the loop's state, in one file (it never leaves its run: its outputs are the encoders written as
-users download them, ``pipelines.pretrain``).
+users download them, ``pipelines.stage1.encoders``).
 
 A run's final model folder (``<run>/checkpoint/``, written by ``export_model`` for ``pipelines/train.py``) is
 the last checkpoint's ``model/`` with its ``run_config.yaml`` beside it. ``model_folder`` and

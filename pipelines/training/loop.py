@@ -1,4 +1,4 @@
-"""``train_loop_per_worker``: stage 2, the generalist, on the shared worker loop (``pipelines.worker_loop``), the
+"""``train_loop_per_worker``: stage 2, the generalist, on the shared worker loop (``pipelines.training.worker_loop``), the
 same on 2 CPU workers and 64 GPUs.
 
 Every step all workers train one task (unmixed) drawn by the shared plan; DDP averages the gradients;
@@ -14,9 +14,9 @@ from pathlib import Path
 import ray.train.torch
 
 import unip2
-from pipelines.loop_inputs import LoopHooks, LoopInputs
-from pipelines.train_checkpoint import load_checkpoint, save_checkpoint
-from pipelines.worker_loop import Stage, run_worker_loop
+from pipelines.training.loop_inputs import LoopHooks, LoopInputs
+from pipelines.training.checkpoints import load_checkpoint, save_checkpoint
+from pipelines.training.worker_loop import Stage, run_worker_loop
 from unip2.distributed import gather_with_grad
 from unip2.model.checkpointing import enable_activation_checkpointing
 from unip2.model.tokenizer import TextTokenizer

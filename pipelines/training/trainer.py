@@ -9,17 +9,17 @@ from pathlib import Path
 import ray.train
 from ray.train.torch import TorchTrainer
 
-from pipelines import cluster_fit, ray_runtime
-from pipelines.live_metrics import TENSORBOARD, TensorBoardLog
-from pipelines.stream_spec import StreamSpec
-from pipelines.loop_inputs import LoopHooks, LoopInputs
+from pipelines.run import cluster_fit, ray_runtime
+from pipelines.training.live_metrics import TENSORBOARD, TensorBoardLog
+from pipelines.data.stream_spec import StreamSpec
+from pipelines.training.loop_inputs import LoopHooks, LoopInputs
 from unip2.run_config import RunConfig
 
 
 def run_train_loop(inputs: LoopInputs) -> None:
-    """The function each Ray Train worker runs: ``pipelines.train_loop.train_loop_per_worker``, imported in the
+    """The function each Ray Train worker runs: ``pipelines.training.loop.train_loop_per_worker``, imported in the
     worker only (the launching process does not load the model)."""
-    from pipelines.train_loop import train_loop_per_worker
+    from pipelines.training.loop import train_loop_per_worker
 
     train_loop_per_worker(inputs)
 

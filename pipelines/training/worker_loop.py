@@ -1,7 +1,7 @@
 """The one worker loop both stages run on Ray Train: threads and seed, resume from the last checkpoint, the step
 stream, the windowed progress line and its metrics reported through Ray Train (every ``train.log_every`` steps;
-``pipelines.live_metrics``), checkpoints on their schedule (every rank reports; rank 0 attaches the files). A stage supplies what differs, its model and its step (``Stage``): stage 1 in ``pipelines.pretrain_loop``,
-the generalist in ``pipelines.train_loop``.
+``pipelines.training.live_metrics``), checkpoints on their schedule (every rank reports; rank 0 attaches the files). A stage supplies what differs, its model and its step (``Stage``): stage 1 in ``pipelines.stage1.loop``,
+the generalist in ``pipelines.training.loop``.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import ray.train
 import ray.train.torch
 import torch
 
-from pipelines.step_stream import stream_steps
-from pipelines.stream_spec import StreamSpec
+from pipelines.data.step_stream import stream_steps
+from pipelines.data.stream_spec import StreamSpec
 
 
 class Stage:

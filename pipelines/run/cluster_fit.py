@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import time
 
-from pipelines import ray_runtime  # (first: sets Ray's environment before ray is imported)
+from pipelines.run import ray_runtime  # (first: sets Ray's environment before ray is imported)
 from unip2.config_io import ConfigError
 from unip2.run_config import RunConfig
 

@@ -1,8 +1,8 @@
-"""``pretrain_loop_per_worker``: stage 1 on the shared worker loop (``pipelines.worker_loop``) — each encoder alone
+"""``pretrain_loop_per_worker``: stage 1 on the shared worker loop (``pipelines.training.worker_loop``) — each encoder alone
 on its task's batches.
 
-The batches come from the same Ray Data step stream as stage 2 (``pipelines.step_stream``), for a run whose
-tasks are the stage-1 ones (each task's ``pretrains`` names its encoder; see ``pipelines.pretrain.stage1_run``). Each encoder has its own AdamW and its own one-cycle schedule over its own
+The batches come from the same Ray Data step stream as stage 2 (``pipelines.data.step_stream``), for a run whose
+tasks are the stage-1 ones (each task's ``pretrains`` names its encoder; see ``pipelines.stage1.encoders.stage1_run``). Each encoder has its own AdamW and its own one-cycle schedule over its own
 steps. At the end rank 0 measures both on the validation split and writes them as users download encoders
 (timm's release files, a transformers directory) into the final checkpoint.
 """
@@ -16,10 +16,10 @@ import numpy as np
 import ray.train.torch
 import torch
 
-from pipelines.loop_inputs import METRICS, PretrainInputs
-from pipelines.stream_spec import StreamSpec
-from pipelines.train_checkpoint import load_stage1, save_stage1
-from pipelines.worker_loop import Stage, run_worker_loop
+from pipelines.training.loop_inputs import METRICS, PretrainInputs
+from pipelines.data.stream_spec import StreamSpec
+from pipelines.training.checkpoints import load_stage1, save_stage1
+from pipelines.training.worker_loop import Stage, run_worker_loop
 from unip2.data.row_reader import RowReader
 from unip2.model.tokenizer import TextTokenizer
 from unip2.optim import param_groups_for

@@ -1,6 +1,6 @@
 """Starting or joining Ray the same way from every entry point, with a quiet console.
 
-    from pipelines import ray_runtime           # before anything imports ray: sets Ray's environment
+    from pipelines.run import ray_runtime           # before anything imports ray: sets Ray's environment
     ray_runtime.connect(address, log_dir=run_folder / "logs")
     ...
     ray_runtime.disconnect()                    # stops Ray; its session logs are copied into log_dir/ray
@@ -9,7 +9,7 @@ The console shows the project's own lines only: the driver's prints and the work
 project tag (``[train] step ...``, printed by rank 0). Ray forwards every worker's stdout and stderr to the
 driver, which prints only the tagged lines (Ray's log filter, ``RAY_DEDUP_LOGS_*`` below); with ``log_dir``,
 the driver's own Ray messages below ERROR and native stderr go to ``log_dir/driver.log`` and the local Ray's
-session logs (every worker's full output) to ``log_dir/ray/`` (pipelines/run_logs.py). ``RAY_DEDUP_LOGS=0``
+session logs (every worker's full output) to ``log_dir/ray/`` (pipelines/run/logs.py). ``RAY_DEDUP_LOGS=0``
 in the environment shows every worker line again. A local Ray also runs without the helpers that only feed a
 dashboard or a cluster (``LOCAL_ENVIRONMENT``).
 """
@@ -55,7 +55,7 @@ LOCAL_ENVIRONMENT = {
 
 import ray  # noqa: E402
 
-from pipelines.run_logs import RunLogs  # noqa: E402
+from pipelines.run.logs import RunLogs  # noqa: E402
 
 _connection: dict = {}  # what connect() started: {"logs": RunLogs | None, "session_dir": str | None}
 
@@ -64,7 +64,7 @@ def connect(address: str | None = None, *, log_dir: str | os.PathLike | None = N
     """Join ``address`` (or RAY_ADDRESS) if given, else start a local Ray; no-op when already connected.
 
     ``log_dir``: keep the driver's Ray messages and native stderr there, off the console, and, at
-    ``disconnect``, a copy of the local Ray's session logs (see pipelines/run_logs.py).
+    ``disconnect``, a copy of the local Ray's session logs (see pipelines/run/logs.py).
     """
     if ray.is_initialized():
         return

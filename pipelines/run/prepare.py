@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from pipelines import ray_runtime  # (first: sets Ray's environment before ray is imported)
-from pipelines import cluster_fit
+from pipelines.run import ray_runtime  # (first: sets Ray's environment before ray is imported)
+from pipelines.run import cluster_fit
 from unip2 import config_io
 from unip2.config_io import ConfigError
 from unip2.data.embedded import ensure_embedded_data
@@ -79,7 +79,7 @@ def prepare_run(config_path: str | None, overrides: list[str], *, out: str | Non
                 address: str | None = None, keep_logs: bool = False) -> tuple[RunConfig, Path, Path]:
     """Load and validate the config, connect to Ray (``scale.num_workers: auto`` resolved there) and make the
     data ready → (run, run folder, data root); the run's config is saved in the run folder. Stage 1 is the
-    launcher's next step (``pipelines.pretrain.pretrain_if_needed``).
+    launcher's next step (``pipelines.stage1.encoders.pretrain_if_needed``).
     ``keep_logs``: Ray's logs go to the run folder's ``logs/``, off the console (see ``ray_runtime.connect``)."""
     run = load_run_config(config_path, overrides)
     out_dir = Path(out or run.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")).resolve()

@@ -1,6 +1,6 @@
 """What the per-worker loops (training, stage-1 pretraining) receive: data only.
 
-Kept apart from ``pipelines.train_loop`` so that the process that starts a TorchTrainer (a driver, a Tune trial
+Kept apart from ``pipelines.training.loop`` so that the process that starts a TorchTrainer (a driver, a Tune trial
 actor) does not import the model, timm and transformers (~3 s in a fresh process): only the workers do.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from pipelines.stream_spec import StreamSpec
+from pipelines.data.stream_spec import StreamSpec
 
 if TYPE_CHECKING:
     import torch
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 class LoopHooks:
     """Callbacks into the loop at each step; a normal run has these no-ops. Tests pass a subclass to
-    ``pipelines.trainer.fit(hooks=...)`` to inject a failure or a non-finite loss, or to record what each
+    ``pipelines.training.trainer.fit(hooks=...)`` to inject a failure or a non-finite loss, or to record what each
     worker trained."""
 
     def before_step(self, step: int, rank: int) -> None:
@@ -34,7 +34,7 @@ class LoopHooks:
 
 @dataclass(frozen=True)
 class LoopInputs:
-    """Everything a worker's loop receives (``pipelines.trainer`` binds it)."""
+    """Everything a worker's loop receives (``pipelines.training.trainer`` binds it)."""
 
     stream: StreamSpec
     """The run config and its resolved data stream."""
@@ -47,7 +47,7 @@ METRICS = "metrics.json"
 
 @dataclass(frozen=True)
 class PretrainInputs:
-    """What every worker's stage-1 loop receives (``pipelines.pretrain`` binds it)."""
+    """What every worker's stage-1 loop receives (``pipelines.stage1.encoders`` binds it)."""
 
     stream: StreamSpec
     """The stage-1 run (its tasks: the encoders' tasks) and its resolved data stream."""
