@@ -91,8 +91,9 @@ def train_and_evaluate(args: argparse.Namespace, run: RunConfig, out: Path, data
     state = read_state(result_checkpoint)
     from pipelines.training.curves import plot_curves
 
-    plot_curves(state["history"], out / "curves.png")
-    summary = {"train_seconds": state["train_seconds"], "steps": state["step"],
+    plot_curves(state["history"], out / "curves.png", state.get("validation", []))
+    summary = {"train_seconds": state["train_seconds"], "validation_seconds": state.get("validation_seconds", 0.0),
+               "steps": state["step"],
                "nonfinite_steps": state["nonfinite_steps"], "skipped_images": state["skipped_images"]}
     if not args.no_eval:
         from pipelines.evaluation.pipeline import evaluate

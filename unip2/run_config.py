@@ -129,6 +129,12 @@ class TrainingConfig:
     """Steps between progress lines and metric reports."""
     checkpoint_every: int = 500
     """Steps between checkpoints (and always at the end)."""
+    validate_every: int = 500
+    """Steps between validations during training: each task's own metrics (its headline ones reported as
+    ``val/<task>/<metric>``, with the losses) on the first ``validation_rows`` rows of its validation split, on
+    the first worker while the others wait; 0 = none (the evaluation at the end only)."""
+    validation_rows: int = 16
+    """Rows of each task's validation split a validation during training reads."""
     max_bad_steps: int = 5
     """Consecutive non-finite losses after which the run stops."""
     precision: Literal["auto", "bf16", "fp32"] = "auto"
@@ -157,6 +163,8 @@ class TrainingConfig:
         require(self.accumulation_steps >= 1, prefix + "accumulation_steps", "must be >= 1")
         require(self.log_every > 0, prefix + "log_every", "must be > 0")
         require(self.checkpoint_every > 0, prefix + "checkpoint_every", "must be > 0")
+        require(self.validate_every >= 0, prefix + "validate_every", "must be >= 0 (0: no validation)")
+        require(self.validation_rows > 0, prefix + "validation_rows", "must be > 0")
         require(self.max_bad_steps > 0, prefix + "max_bad_steps", "must be > 0")
 
 

@@ -153,7 +153,7 @@ def evaluate(checkpoint_dir: str | Path, data_root: str | Path, *, split: str = 
              tasks: list[str] | None = None, out_dir: str | Path,
              class_names: dict[str, list[str]] | list[str] | None = None, concurrency: int = 1,
              batch_size: int = 16, max_images: int | None = None, num_cpus: float = 0.5,
-             meteor: bool = True, in_process: bool = False, precision: str = "auto") -> dict:
+             meteor: bool = True, in_process: bool = False, precision: str = "auto", figures: bool = True) -> dict:
     """Evaluate a checkpoint on ``split`` of a converted data folder; Ray must already be initialized
     (unless ``in_process``).
 
@@ -176,6 +176,7 @@ def evaluate(checkpoint_dir: str | Path, data_root: str | Path, *, split: str = 
             ``num_cpus`` threads) instead of a Ray Data pipeline and actor, whose start costs ~15 s on
             2 CPUs: for small splits evaluated where this process may use the CPU (sweep trials).
         precision: the predictors' ``train.precision`` (auto: bf16 where the hardware has it natively).
+        figures: draw ``predictions.png`` (off for the validations during training).
     Returns:
         The content of ``metrics.json``: {task: metrics} for each evaluated task and {``<task>_<dataset>``:
         metrics} for each zero-shot split evaluated, plus "zero_shot" {key: {"task", "dataset", "split"}},
@@ -232,7 +233,7 @@ def evaluate(checkpoint_dir: str | Path, data_root: str | Path, *, split: str = 
 
     panels = grid_panels({name: o.predictions for name, o in outputs.items()},
                          lambda dataset, ids: _images_by_id(plan, dataset, ids),
-                         {name: TASKS[name].dataset for name in outputs})
+                         {name: TASKS[name].dataset for name in outputs}) if figures else []
     if panels:
         files["predictions"] = str(draw_prediction_grid(panels, out_dir / "predictions.png"))
     result = metrics | {

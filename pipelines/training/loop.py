@@ -8,6 +8,7 @@ ablation each worker normalizes its own task's gradient before the average (``no
 
 from __future__ import annotations
 
+import tempfile
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -101,6 +102,22 @@ class GeneralistStage(Stage):
             if state["bad_steps"] >= run.train.max_bad_steps:
                 raise FloatingPointError(f"{state['bad_steps']} consecutive steps with a non-finite loss or "
                                          f"gradient (last at step {step}, task {task}); stopping")
+
+    def validate(self):
+        if self.rank != 0:
+            return None
+        from pipelines.evaluation.pipeline import evaluate  # the evaluation's own path, in this process
+
+        run = self.spec.run
+        with tempfile.TemporaryDirectory() as folder:
+            unip2.save(self.model, Path(folder) / "model")
+            metrics = evaluate(Path(folder) / "model", self.spec.data_root, split="val", tasks=list(run.tasks),
+                               out_dir=Path(folder) / "validation", max_images=run.train.validation_rows,
+                               meteor=False, in_process=True, num_cpus=run.scale.threads_per_worker,
+                               precision=run.train.precision, figures=False)
+        return {f"val/{task}/{headline.metric}": float(metrics[task][headline.metric])
+                for task in run.tasks if task in metrics for headline in TASKS[task].headline_metrics()
+                if isinstance(metrics[task].get(headline.metric), (int, float))}
 
     def window(self, *, task, speed, seconds, elapsed):
         fields = {"steps_per_s": speed, "workers": self.world_size, "lr": self.optimizer.param_groups[0]["lr"],

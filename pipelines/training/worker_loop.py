@@ -47,12 +47,16 @@ class Stage:
         started; ``task`` the last step's) → (its history entry's fields, the progress line's middle part)."""
         raise NotImplementedError
 
+    def validate(self) -> dict[str, float] | None:
+        """Every ``train.validate_every`` steps, on every rank: the model's validation metrics (rank 0's; the
+        others return None and wait for it at their next collective). None by default: no validation."""
+        return None
+
     def metrics(self) -> dict:
-        """What every rank reports to Ray Train after each progress window: the step and the last window's
-        history entry."""
-        history = self.state["history"]
-        return {"step": self.state["step"], **({k: v for k, v in history[-1].items() if k != "step"} if history
-                                              else {})}
+        """What every rank reports to Ray Train after each progress window: the step, the last window's history
+        entry and the last validation's metrics."""
+        last = [entries[-1] for entries in (self.state["history"], self.state.get("validation", [])) if entries]
+        return {"step": self.state["step"], **{k: v for entry in last for k, v in entry.items() if k != "step"}}
 
     def save(self, directory: Path, *, final: bool) -> None:
         """Rank 0: the checkpoint's files (``final``: the run's last one)."""
@@ -89,6 +93,8 @@ def run_worker_loop(spec: StreamSpec, make_stage: Callable[..., Stage]) -> None:
         stage.train(step, task, np_batches, bad_rows)
         state["step"] = step + 1
         window_steps += 1
+        if run.train.validate_every and state["step"] % run.train.validate_every == 0:
+            window_start += validate(stage)  # steps/s counts training only
         done = state["step"] == total
         logged = state["step"] % run.train.log_every == 0 or done
         if logged:
@@ -107,6 +113,20 @@ def run_worker_loop(spec: StreamSpec, make_stage: Callable[..., Stage]) -> None:
             ray.train.report(stage.metrics(), checkpoint=None)  # live metrics: every rank, the same steps
     if rank == 0:
         print(f"{stage.prefix} finished {total} steps in {time.time() - started:.0f} s", flush=True)
+
+
+def validate(stage: Stage) -> float:
+    """One validation (``Stage.validate``), kept in the state's ``validation`` list and said on rank 0's console
+    → the seconds it took."""
+    started = time.time()
+    values = stage.validate()
+    seconds = time.time() - started
+    if values is not None:
+        stage.state.setdefault("validation", []).append({"step": stage.state["step"], "seconds": seconds, **values})
+        stage.state["validation_seconds"] = stage.state.get("validation_seconds", 0.0) + seconds
+        shown = " ".join(f"{key[4:]}={value:.3f}" for key, value in values.items())
+        print(f"{stage.prefix} validation at step {stage.state['step']}: {shown} ({seconds:.1f} s)", flush=True)
+    return seconds
 
 
 def report(stage: Stage, *, final: bool) -> None:

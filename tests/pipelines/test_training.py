@@ -45,7 +45,8 @@ def test_short_run_trains_every_worker_on_one_task_per_step(ray_local, embedded_
     run, out, root, checkpoint = train(
         tmp_path, "short", SMALL + small_batches() + [
             f"data.root={embedded_data}", "train.steps=10", "train.checkpoint_every=5",
-            "tasks.classification.batch_size=12", "tasks.classification.sampling_weight=6"],
+            "tasks.classification.batch_size=12", "tasks.classification.sampling_weight=6",
+            "train.validate_every=5", "train.validation_rows=4"],
         FaultHooks(trace_dir=trace, nan_steps=(3,)))
     state = json.loads((checkpoint / "train_state.json").read_text())
     assert state["step"] == 10 and len(state["history"]) == 5
@@ -59,8 +60,12 @@ def test_short_run_trains_every_worker_on_one_task_per_step(ray_local, embedded_
     assert len({r[1] for r in rank0}) >= 2
     classification_steps = sum(r[1] == "classification" for r in rank0)
     assert classification_steps * 2 * 12 > 48  # more than one epoch of the smallest dataset streamed
+    # Validation during training: each task's headline metrics at steps 5 and 10, on 4 rows of its split.
+    assert [entry["step"] for entry in state["validation"]] == [5, 10]
+    assert {"val/classification/top1", "val/detection/bbox_AP", "val/captioning/CIDEr"} <= set(state["validation"][0])
     # Live metrics: every progress window reported through Ray Train, in the run folder's TensorBoard files.
     logged = scalars(out / "tensorboard")
+    assert sorted(logged["val/classification/top1"]) == [6, 8, 10]  # each report after a validation carries it
     assert sorted(logged["lr"]) == [2, 4, 6, 8, 10] and sorted(logged["steps_per_s"]) == [2, 4, 6, 8, 10]
     assert {tag for tag in logged if tag.startswith("loss/")} <= {f"loss/{t}" for t in run.tasks} and logged[
         "skipped_images"][10] == 0
