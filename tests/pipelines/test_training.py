@@ -66,7 +66,7 @@ def test_short_run_trains_every_worker_on_one_task_per_step(ray_local, embedded_
     # Live metrics: every progress window reported through Ray Train, in the run folder's TensorBoard files.
     logged = scalars(out / "tensorboard")
     assert sorted(logged["val/classification/top1"]) == [5, 6, 8, 10]  # each report after a validation carries it
-    assert sorted(logged["lr"]) == [2, 4, 6, 8, 10] and sorted(logged["steps_per_s"]) == [2, 4, 6, 8, 10]
+    assert sorted(logged["lr"]) == [2, 4, 5, 6, 8, 10]  # every window, and the checkpoint at step 5
     assert {tag for tag in logged if tag.startswith("loss/")} <= {f"loss/{t}" for t in run.tasks} and logged[
         "skipped_images"][10] == 0
     model = unip2.load(checkpoint / "model")  # the checkpoint is a plain unip2 model folder
