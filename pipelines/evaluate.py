@@ -1,7 +1,7 @@
 """Evaluate a checkpoint on the validation (or test) split of converted data, with Ray Data.
 
-    python pipelines/evaluate.py --checkpoint runs/tiny/checkpoint --out runs/tiny/eval
-    python pipelines/evaluate.py --checkpoint runs/tiny/ray/tiny/checkpoint_0000600 --split test --out eval-test
+    python pipelines/evaluate.py --checkpoint runs/<run>/checkpoint --out runs/<run>/eval
+    python pipelines/evaluate.py --checkpoint runs/<run>/ray/<run>/checkpoint_0000600 --split test --out eval-test
     python pipelines/evaluate.py --checkpoint runs/tiny/model --data data/shapes-parquet --out runs/tiny/eval
     python pipelines/evaluate.py --checkpoint runs/tiny/model --data data/shapes-parquet --tasks detection,captioning \\
         --max-images 64 --fast --out /tmp/eval

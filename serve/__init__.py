@@ -2,8 +2,8 @@
 FastAPI ingress (proxy → replica, one hop), with a dynamic batching queue per task route.
 
     export RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=serve.proxy_errors:proxy_middlewares  # see serve.proxy_errors
-    serve run serve.app:build_app checkpoint=runs/tiny/model           # http://127.0.0.1:8000/
-    serve run serve.app:build_app checkpoint=runs/tiny/model gallery=data/parquet
+    serve run serve.app:build_app checkpoint=runs/<run>/checkpoint           # http://127.0.0.1:8000/
+    serve run serve.app:build_app checkpoint=runs/<run>/checkpoint gallery=.cache/unip2/shapes-seed0/parquet
     serve deploy serve/config.yaml                                     # against a running Ray cluster
 
 Our folder is the top-level package ``serve``; Ray's is always imported as ``from ray import serve``.

@@ -1,10 +1,10 @@
 """The Serve application: ``build_app`` binds the model deployment (itself the HTTP ingress) from typed arguments.
 
     export RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=serve.proxy_errors:proxy_middlewares  # see serve.proxy_errors
-    serve run serve.app:build_app checkpoint=runs/tiny/model
-    serve run serve.app:build_app checkpoint=runs/tiny/model gallery=data/parquet max_batch_size=32
-    serve run serve.app:build_app checkpoint=runs/tiny/model min_replicas=1 max_replicas=4
-    UNIP2_SERVE_TOKEN=secret serve run serve.app:build_app checkpoint=runs/tiny/model
+    serve run serve.app:build_app checkpoint=runs/<run>/checkpoint
+    serve run serve.app:build_app checkpoint=runs/<run>/checkpoint gallery=.cache/unip2/shapes-seed0/parquet max_batch_size=32
+    serve run serve.app:build_app checkpoint=runs/<run>/checkpoint min_replicas=1 max_replicas=4
+    UNIP2_SERVE_TOKEN=secret serve run serve.app:build_app checkpoint=runs/<run>/checkpoint
     serve deploy serve/config.yaml
 
 From Python (tests, benchmarks): ``serve.local_run.run_local(build_app(AppArgs(checkpoint=...)))``, which also
