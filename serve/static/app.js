@@ -131,8 +131,8 @@ async function show(route, section, answer) {
         `<tr><td>${escapeHtml(name)}</td><td>${answer.top_scores[i].toFixed(3)}</td></tr>`).join("") +
       "</tbody></table>";
   } else if (route.shows === "text") {
-    const text = Object.values(answer).find((value) => typeof value === "string") || "";
-    out.innerHTML = `<div class="answer-text">${escapeHtml(text)}</div>`;
+    const text = Object.entries(answer).find(([key, value]) => key !== "task" && typeof value === "string");
+    out.innerHTML = `<div class="answer-text">${escapeHtml(text ? text[1] : "")}</div>`;
   } else if (route.shows === "ranking") {
     out.innerHTML = "<ol>" + answer.results.map((r) =>
       `<li>${escapeHtml(r.text !== undefined ? r.text : "image " + (r.image_id !== undefined ? r.image_id : r.index))}` +

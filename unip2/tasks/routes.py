@@ -35,7 +35,7 @@ class Route:
     shows: Literal["instances", "labels", "text", "ranking", "json"] = "json"
     """How the demo page shows an answer: ``instances`` drawn on the image (``boxes``, ``names``, ``scores``,
     ``labels``, optional ``masks``), ``labels`` as a table (``top_names``, ``top_scores``), ``text`` (the
-    answer's first string field), ``ranking`` as a list (``results``: ``text`` or ``image_id``, ``score``),
+    answer's first string field besides ``task``), ``ranking`` as a list (``results``: ``text`` or ``image_id``, ``score``),
     ``json`` as it came."""
     example: dict[str, Any] = field(default_factory=dict)
     """Field values the demo page's form starts from (a required field needs one for the page to send it)."""
