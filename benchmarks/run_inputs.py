@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +16,9 @@ DEFAULT_CONFIG = ROOT / "pipelines" / "configs" / "default.yaml"
 
 def vocabulary_task() -> str:
     """The task whose candidates are a vocabulary its options restrict (``vocabulary``, ``token_ids``: captioning)."""
-    from unip2.tasks import TASKS
+    from unip2.tasks import tasks_with_option
 
-    return next(name for name, task in TASKS.items()
-                if {"vocabulary", "token_ids"} <= {f.name for f in dataclasses.fields(task.Options)})
+    return next(name for name in tasks_with_option("vocabulary") if name in tasks_with_option("token_ids"))
 
 
 def embedded_data() -> Path:

@@ -71,17 +71,34 @@ class FolderPredictor:
         self.task, self.options, self.precision = task, options, precision
 
     def __call__(self, batch: dict) -> dict:
-        from unip2.data.images import check_image
+        from unip2.tasks.preprocessing import UndecodableImage
 
-        paths, data = list(batch["path"]), list(batch["bytes"])
-        checks = [check_image(bytes(item)) for item in data]
-        good = [i for i, check in enumerate(checks) if check.ok]
-        answers = self.model.predict([bytes(data[i]) for i in good], task=self.task, precision=self.precision,
-                                     **self.options) if good else []
-        by_row = dict(zip(good, answers))
-        return {"path": paths,
-                "answer": [json.dumps(by_row[i]) if i in by_row else None for i in range(len(paths))],
-                "skipped": [None if checks[i].ok else checks[i].reason for i in range(len(paths))]}
+        paths, data = list(batch["path"]), [bytes(item) for item in batch["bytes"]]
+        # The rule training and evaluation skip by (Task.preprocess_decodable): the whole batch first, image by
+        # image only when one of them does not decode.
+        try:
+            answers, reasons = self._predict(data), [None] * len(data)
+        except UndecodableImage:
+            answers, reasons = [], []
+            for item in data:
+                try:
+                    answers += self._predict([item])
+                    reasons.append(None)
+                except UndecodableImage:
+                    answers.append(None)
+                    reasons.append(_skip_reason(item))
+        return {"path": paths, "answer": [json.dumps(a) if a is not None else None for a in answers],
+                "skipped": reasons}
+
+    def _predict(self, images: list[bytes]) -> list[dict]:
+        return self.model.predict(images, task=self.task, precision=self.precision, **self.options)
+
+
+def _skip_reason(data: bytes) -> str:
+    """The key a skipped file is counted under (empty, truncated or undecodable)."""
+    from unip2.data.images import check_image
+
+    return check_image(data).reason or "undecodable"
 
 
 def predict_folder(checkpoint: str | Path, task: str, files: list[str], *, options: dict, batch_size: int = 16,

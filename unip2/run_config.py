@@ -218,6 +218,8 @@ class ScaleConfig:
 
 
 ENCODERS = ("image", "text")  # stage 1's: the task that trains each is the one whose ``Task.pretrains`` names it
+ENCODER_WEIGHT_FIELDS = {"image": "model.backbone.pretrained_path", "text": "model.text.pretrained_path"}
+"""Encoder → the config key of the weights it starts from."""
 
 
 @dataclass
@@ -304,8 +306,12 @@ class RunConfig:
     def random_encoders(self) -> list[str]:
         """The encoders that would start from random weights: no ``pretrained_path`` and not in
         ``pretrain.encoders``."""
-        given = {"image": self.model.backbone.pretrained_path, "text": self.model.text.pretrained_path}
+        given = self.encoder_weights()
         return [encoder for encoder in ENCODERS if given[encoder] is None and encoder not in self.pretrain.encoders]
+
+    def encoder_weights(self) -> dict[str, str | None]:
+        """Encoder → the weights file or folder it starts from (None: not given)."""
+        return {"image": self.model.backbone.pretrained_path, "text": self.model.text.pretrained_path}
 
     def learning_rate_scale(self, workers: int) -> float:
         """Linear scaling rule: the peak learning rate is ``optim.lr`` × this with ``workers`` running, the
@@ -375,7 +381,7 @@ def weights_to_download(run: RunConfig, encoders: list[str], why: str) -> Config
     download, the keys to set, and the other ways out. ``why``: how it came to that."""
     name = run.model.backbone.name
     repository = f"timm/{name}.ms_in22k" if name.startswith("swin_") else f"timm/{name}"
-    fields = {"image": "model.backbone.pretrained_path", "text": "model.text.pretrained_path"}
+    fields = ENCODER_WEIGHT_FIELDS
     steps = {"image": (f"image: hf download {repository} model.safetensors --local-dir weights/{name}, then "
                        f"model.backbone.pretrained_path=weights/{name}/model.safetensors"),
              "text": ("text: hf download FacebookAI/roberta-base --local-dir weights/roberta-base (a transformers "

@@ -60,14 +60,15 @@ class BatchPredictor:
     """Predictions for batches of ``row_schema()`` rows.
 
     Args:
-        checkpoint_dir: a directory written by ``unip2.save``.
+        checkpoint_dir: a directory written by ``unip2.save``, or a model in memory (predicted in the mode it is
+            in: the caller puts it in eval mode).
         tasks_by_dataset: {dataset: names of the ``unip2.tasks.TASKS`` that read it}.
         columns_by_dataset: {dataset: the annotation columns it has} (passed to ``preprocess``).
         options: {task name: keyword options of that task's ``predict``} (e.g. ``class_names``).
         precision: ``auto`` | ``bf16`` | ``fp32``, as ``train.precision`` (``unip2.precision``).
     """
 
-    def __init__(self, checkpoint_dir: str, tasks_by_dataset: dict[str, list[str]],
+    def __init__(self, checkpoint_dir, tasks_by_dataset: dict[str, list[str]],
                  columns_by_dataset: dict[str, list[str]], options: dict[str, dict[str, Any]],
                  precision: str = "auto"):
         import torch
@@ -76,9 +77,13 @@ class BatchPredictor:
         from unip2.precision import resolve_precision
         from unip2.tasks import TASKS
 
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        if isinstance(checkpoint_dir, torch.nn.Module):  # a model in memory (the validations during training)
+            self.model = checkpoint_dir
+            self.device = str(self.model.pixel_mean.device)
+        else:
+            self.device = "cuda" if torch.cuda.is_available() else "cpu"
+            self.model = unip2.load(checkpoint_dir, device=self.device).eval()
         self.precision = resolve_precision(precision, torch.device(self.device), field="precision")
-        self.model = unip2.load(checkpoint_dir, device=self.device).eval()
         self.tasks = {dataset: [TASKS[name] for name in names] for dataset, names in tasks_by_dataset.items()}
         self.columns = columns_by_dataset
         self.options = options

@@ -69,8 +69,9 @@ class Evaluation:
 class EvaluationPlan:
     """What ``evaluate`` will run, decided before any Ray work."""
 
-    checkpoint_dir: Path
-    """The ``unip2.save`` folder (a training checkpoint's ``model/`` when given a training checkpoint)."""
+    checkpoint_dir: Path | None
+    """The ``unip2.save`` folder (a training checkpoint's ``model/`` when given a training checkpoint); None for a
+    model evaluated in memory."""
     data_root: Path
     split: str
     config: ModelConfig
@@ -115,10 +116,12 @@ def checkpoint_config(checkpoint_dir: str | Path) -> ModelConfig:
 
 def plan_evaluation(checkpoint_dir: str | Path, data_root: str | Path, *, split: str = "val",
                     tasks: list[str] | None = None,
-                    class_names: dict[str, list[str]] | list[str] | None = None) -> EvaluationPlan:
-    """Check the inputs and decide the tasks (see the module docstring); raises on bad input."""
-    model_dir = model_folder(checkpoint_dir)
-    config = checkpoint_config(model_dir)
+                    class_names: dict[str, list[str]] | list[str] | None = None,
+                    config: ModelConfig | None = None) -> EvaluationPlan:
+    """Check the inputs and decide the tasks (see the module docstring); raises on bad input. ``config``: the
+    config of a model in memory (``checkpoint_dir`` is then None)."""
+    model_dir = model_folder(checkpoint_dir) if config is None else None
+    config = checkpoint_config(model_dir) if config is None else config
     manifest = load_manifest(data_root)
     names = list(TASKS) if tasks is None else [get_task(name).name for name in tasks]
     plan = EvaluationPlan(model_dir, Path(data_root), split, config, manifest, [])
@@ -153,7 +156,8 @@ def evaluate(checkpoint_dir: str | Path, data_root: str | Path, *, split: str = 
              tasks: list[str] | None = None, out_dir: str | Path,
              class_names: dict[str, list[str]] | list[str] | None = None, concurrency: int = 1,
              batch_size: int = 16, max_images: int | None = None, num_cpus: float = 0.5,
-             meteor: bool = True, in_process: bool = False, precision: str = "auto", figures: bool = True) -> dict:
+             meteor: bool = True, in_process: bool = False, precision: str = "auto", figures: bool = True,
+             model=None) -> dict:
     """Evaluate a checkpoint on ``split`` of a converted data folder; Ray must already be initialized
     (unless ``in_process``).
 
@@ -177,6 +181,8 @@ def evaluate(checkpoint_dir: str | Path, data_root: str | Path, *, split: str = 
             2 CPUs: for small splits evaluated where this process may use the CPU (sweep trials).
         precision: the predictors' ``train.precision`` (auto: bf16 where the hardware has it natively).
         figures: draw ``predictions.png`` (off for the validations during training).
+        model: a model in memory to evaluate instead of a saved one (``checkpoint_dir`` None; in this process:
+            the validations during training). It is put in eval mode and back.
     Returns:
         The content of ``metrics.json``: {task: metrics} for each evaluated task and {``<task>_<dataset>``:
         metrics} for each zero-shot split evaluated, plus "zero_shot" {key: {"task", "dataset", "split"}},
@@ -186,7 +192,9 @@ def evaluate(checkpoint_dir: str | Path, data_root: str | Path, *, split: str = 
     import ray
 
     start = time.perf_counter()
-    plan = plan_evaluation(checkpoint_dir, data_root, split=split, tasks=tasks, class_names=class_names)
+    plan = plan_evaluation(checkpoint_dir, data_root, split=split, tasks=tasks, class_names=class_names,
+                           config=None if model is None else model.config)
+    in_process = in_process or model is not None
     if not in_process and not ray.is_initialized():
         raise RuntimeError("evaluate() runs inside a started Ray: call ray.init first (pipelines/evaluate.py does)")
     out_dir = Path(out_dir)
@@ -198,11 +206,20 @@ def evaluate(checkpoint_dir: str | Path, data_root: str | Path, *, split: str = 
     for entry in plan.evaluations:
         by_dataset[entry.dataset].append(entry.task)
         dataset_split[entry.dataset] = entry.split
-    predict = predict_in_process if in_process else predict_splits
-    tables = predict(plan.checkpoint_dir,
-                     {d: split_files(plan.data_root, d, s) for d, s in dataset_split.items()},
-                     dict(by_dataset), options, batch_size=batch_size, concurrency=concurrency,
-                     max_images=max_images, num_cpus=num_cpus, precision=precision)
+    files_by_dataset = {d: split_files(plan.data_root, d, s) for d, s in dataset_split.items()}
+    sizes = dict(batch_size=batch_size, concurrency=concurrency, max_images=max_images, num_cpus=num_cpus,
+                 precision=precision)
+    if model is not None:
+        was_training = model.training
+        model.eval()
+        try:
+            tables = predict_in_process(model, files_by_dataset, dict(by_dataset), options, **sizes)
+        finally:
+            model.train(was_training)
+    elif in_process:
+        tables = predict_in_process(plan.checkpoint_dir, files_by_dataset, dict(by_dataset), options, **sizes)
+    else:
+        tables = predict_splits(plan.checkpoint_dir, files_by_dataset, dict(by_dataset), options, **sizes)
 
     manifest = plan.manifest
     instances = manifest.get("annotations", {}).get("instances", {}).get(split)
@@ -238,11 +255,12 @@ def evaluate(checkpoint_dir: str | Path, data_root: str | Path, *, split: str = 
         files["predictions"] = str(draw_prediction_grid(panels, out_dir / "predictions.png"))
     result = metrics | {
         "zero_shot": zero_shot,
-        "checkpoint": str(Path(checkpoint_dir).resolve()), "split": split, "data": str(Path(data_root).resolve()),
+        "checkpoint": str(Path(checkpoint_dir).resolve()) if model is None else None, "split": split, "data": str(Path(data_root).resolve()),
         "annotations": {"instances": instances, "captions": captions},
         "skipped_images": skipped_images, "skipped_tasks": plan.skipped_tasks,
         "candidate_names": {space: len(names) for space, names in plan.candidate_names.items()},
-        "parameters": parameter_count(plan.checkpoint_dir), "max_images": max_images,
+        "parameters": parameter_count(plan.checkpoint_dir) if model is None else
+        sum(p.numel() for p in model.parameters()), "max_images": max_images,
     }
     result["files"] = files | {"metrics": str(out_dir / "metrics.json"), "report": str(out_dir / "report.md")}
     result["wall_time_s"] = round(time.perf_counter() - start, 2)
@@ -289,20 +307,22 @@ def predict_splits(checkpoint_dir: Path, files: dict[str, list[Path]], tasks_by_
             for dataset in files}
 
 
-def predict_in_process(checkpoint_dir: Path, files: dict[str, list[Path]], tasks_by_dataset: dict[str, list[str]],
+def predict_in_process(checkpoint_dir, files: dict[str, list[Path]], tasks_by_dataset: dict[str, list[str]],
                        options: dict, *, batch_size: int, concurrency: int, max_images: int | None,
                        num_cpus: float, precision: str = "auto") -> dict[str, pa.Table]:
     """``predict_splits`` without Ray: the same rows (each split's first ``max_images``, in order) through one
     ``BatchPredictor`` here, with the torch threads Ray would give its actor (``num_cpus``, at least 1);
     ``concurrency`` is not used. Batches of ``batch_size`` never mix datasets, as in the Ray Data stream
     (a union of each split's blocks); a prediction depends on its batch by float rounding only, and Ray Data
-    also ends a batch at a block's end, so splits read as several blocks may differ in the last digits."""
+    also ends a batch at a block's end, so splits read as several blocks may differ in the last digits.
+    ``checkpoint_dir``: a saved model's folder, or the model itself (in memory)."""
     import torch
 
     annotations = annotation_columns()
     columns = {dataset: [name for name in annotations if name in pq.read_schema(paths[0]).names]
                for dataset, paths in files.items()}
-    predictor = BatchPredictor(str(checkpoint_dir), tasks_by_dataset, columns, options, precision=precision)
+    predictor = BatchPredictor(checkpoint_dir if isinstance(checkpoint_dir, torch.nn.Module) else str(checkpoint_dir),
+                               tasks_by_dataset, columns, options, precision=precision)
     tables = {}
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, int(num_cpus)))

@@ -46,7 +46,7 @@ def measured(metrics: dict, task: str, key: str, zero_shot: bool):
 
 def write_report(metrics: dict, path: str | Path, *, data_description: str) -> Path:
     """Write the report of one ``evaluate`` result (the content of metrics.json) to ``path``."""
-    checkpoint = Path(metrics["checkpoint"]).name
+    checkpoint = Path(metrics["checkpoint"]).name if metrics["checkpoint"] else "the model in memory"
     ours = [_millions(metrics.get("parameters"))]
     filled = paper_columns()
     for column in COLUMNS[1:]:

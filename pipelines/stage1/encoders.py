@@ -32,7 +32,7 @@ from unip2 import config_io
 from unip2.data.manifest import MANIFEST_FILE
 from unip2.model.tokenizer import tokenizer_for
 from unip2.data.manifest import load_manifest, train_rows
-from unip2.run_config import RunConfig, TaskRunConfig, load_run_config, weights_to_download
+from unip2.run_config import ENCODER_WEIGHT_FIELDS, RunConfig, TaskRunConfig, load_run_config, weights_to_download
 from unip2.tasks import TASKS, pretraining_task
 
 # Manifest fields that name where the data was converted from: the same data converted elsewhere keeps its key.
@@ -42,7 +42,7 @@ IMAGE_WEIGHTS = Path("image") / "model.safetensors"
 
 def encoders_to_pretrain(run: RunConfig) -> list[str]:
     """The encoders ``run.pretrain.encoders`` names that have no ``pretrained_path`` of their own."""
-    given = {"image": run.model.backbone.pretrained_path, "text": run.model.text.pretrained_path}
+    given = run.encoder_weights()
     return [encoder for encoder in run.pretrain.encoders if given[encoder] is None]
 
 
@@ -173,8 +173,7 @@ def pretrain_if_needed(run: RunConfig, data_root: Path, out: Path) -> RunConfig:
     encoders it now starts from (so a resumed run does not look for stage 1 again). An encoder neither given nor
     pretrained is said to start from random weights."""
     for encoder in run.random_encoders():
-        field = "model.backbone.pretrained_path" if encoder == "image" else "model.text.pretrained_path"
-        print(f"[pretrain] the {encoder} encoder starts from random weights ({field} not set, {encoder} not in "
+        print(f"[pretrain] the {encoder} encoder starts from random weights ({ENCODER_WEIGHT_FIELDS[encoder]} not set, {encoder} not in "
               "pretrain.encoders)", flush=True)
     pretrained = ensure_pretrained_encoders(run, data_root, out)
     if pretrained is not run:

@@ -109,12 +109,11 @@ class GeneralistStage(Stage):
         from pipelines.evaluation.pipeline import evaluate  # the evaluation's own path, in this process
 
         run = self.spec.run
-        with tempfile.TemporaryDirectory() as folder:
-            unip2.save(self.model, Path(folder) / "model")
-            metrics = evaluate(Path(folder) / "model", self.spec.data_root, split="val", tasks=list(run.tasks),
-                               out_dir=Path(folder) / "validation", max_images=run.train.validation_rows,
-                               meteor=False, in_process=True, num_cpus=run.scale.threads_per_worker,
-                               precision=run.train.precision, figures=False)
+        with tempfile.TemporaryDirectory() as folder:  # the metric files; the model stays in memory
+            metrics = evaluate(None, self.spec.data_root, split="val", tasks=list(run.tasks), model=self.model,
+                               out_dir=Path(folder), max_images=run.train.validation_rows, meteor=False,
+                               num_cpus=run.scale.threads_per_worker, precision=run.train.precision,
+                               figures=False)
         return {f"val/{task}/{headline.metric}": float(metrics[task][headline.metric])
                 for task in run.tasks if task in metrics for headline in TASKS[task].headline_metrics()
                 if isinstance(metrics[task].get(headline.metric), (int, float))}
@@ -131,11 +130,12 @@ class GeneralistStage(Stage):
     def metrics(self) -> dict:
         state = self.state
         state["skipped_images"] = dict(self.skipped)
-        state["stream_anchor"] = self.plan.anchor_at(state["step"]) if self.plan is not None else None
-        state["world_size"] = self.world_size
         return {**super().metrics(), "nonfinite_steps": state["nonfinite_steps"],
                 "skipped_images": sum(state["skipped_images"].values())}
 
     def save(self, directory: Path, *, final: bool) -> None:
+        state = self.state  # where a resumed (or resized) run continues every task's stream
+        state["stream_anchor"] = self.plan.anchor_at(state["step"]) if self.plan is not None else None
+        state["world_size"] = self.world_size
         save_checkpoint(directory, model=self.model, optimizer=self.optimizer, state=self.state,
                         run_config=self.spec.run)
