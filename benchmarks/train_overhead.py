@@ -85,7 +85,7 @@ def _bare_worker(rank: int, world_size: int, port: int, spec, out: str) -> None:
     optimizer = optimizer_for(model, run.optim)
     wrapped = DistributedDataParallel(TaskLoss(model), find_unused_parameters=True)
     train_step = TrainingStep(loss_module=wrapped, optimizer=optimizer, ratios=run.sampling_ratios(),
-                              omegas={name: task.omega for name, task in run.tasks.items()},
+                              omegas=run.omegas(),
                               gather=gather_with_grad if run.train.sampling == "unmixed" else local_gather,
                               autocast=autocast(resolve_precision(run.train.precision, torch.device("cpu")),
                                                 torch.device("cpu")))

@@ -81,6 +81,8 @@ def _coerce(value: Any, annotation: Any, path: str, keyed: KeyedClasses) -> Any:
                     item_type = class_of(key)
                 except KeyError as err:
                     raise ConfigError(f"{path}.{key}", err.args[0]) from None
+            if key_type is int and isinstance(key, str) and key.isdigit():  # JSON keys are strings
+                key = int(key)
             out[_coerce(key, key_type, path, keyed)] = _coerce(item, item_type, f"{path}.{key}", keyed)
         return out
     if annotation is Any:

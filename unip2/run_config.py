@@ -10,10 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from unip2 import config_io
+from unip2 import config_io, schedules
 from unip2.config import ModelConfig
 from unip2.config_io import ConfigError, require
 from unip2.presets import preset
+from unip2.schedules import Schedule
 from unip2.tasks import OPTION_CLASSES, TASKS, tasks_with_option, validate_task_options
 
 
@@ -23,10 +24,13 @@ class TaskRunConfig:
 
     batch_size: int = 8
     """Per-worker batch size of this task (unmixed sampling lets every task have its own)."""
-    omega: float = 1.0
-    """ω_k: weight of the task's normalized gradient (MT-AdamW)."""
-    sampling_weight: float = 1.0
-    """Unnormalized s_k: how often the task is drawn; normalized over the run's tasks."""
+    omega: Schedule = 1.0
+    """ω_k: weight of the task's normalized gradient (MT-AdamW). A number, or ``{step: value}`` pieces that change
+    it at those steps (``unip2.schedules``; the first piece at step 0), e.g. a schedule Population Based Training
+    learned."""
+    sampling_weight: Schedule = 1.0
+    """Unnormalized s_k: how often the task is drawn; normalized over the run's tasks at each step. A number or
+    ``{step: value}`` pieces, as ``omega``."""
     eval_batch_size: int = 32
     """Batch size at evaluation."""
     datasets: list[str] | None = None
@@ -37,8 +41,9 @@ class TaskRunConfig:
         require(self.batch_size > 0, prefix + "batch_size", "must be > 0")
         require(self.datasets is None or (len(self.datasets) > 0 and len(set(self.datasets)) == len(self.datasets)),
                 prefix + "datasets", "must be a non-empty list of distinct dataset names, or null")
-        require(self.omega > 0, prefix + "omega", "must be > 0")
-        require(self.sampling_weight > 0, prefix + "sampling_weight", "must be > 0")
+        for name in ("omega", "sampling_weight"):
+            why = schedules.problem(getattr(self, name))
+            require(why is None, prefix + name, why or "")
         require(self.eval_batch_size > 0, prefix + "eval_batch_size", "must be > 0")
 
 
@@ -322,10 +327,23 @@ class RunConfig:
         reference = self.optim.lr_reference_workers or self.scale.num_workers * accumulation
         return workers * accumulation / reference
 
-    def sampling_ratios(self) -> dict[str, float]:
-        """Normalized s_k over the run's tasks."""
-        total = sum(t.sampling_weight for t in self.tasks.values())
-        return {name: t.sampling_weight / total for name, t in self.tasks.items()}
+    def sampling_ratios(self, step: int = 0) -> dict[str, float]:
+        """Normalized s_k over the run's tasks at ``step``."""
+        weights = {name: schedules.value_at(t.sampling_weight, step) for name, t in self.tasks.items()}
+        total = sum(weights.values())
+        return {name: weight / total for name, weight in weights.items()}
+
+    def omegas(self, step: int = 0) -> dict[str, float]:
+        """ω_k of the run's tasks at ``step``."""
+        return {name: schedules.value_at(t.omega, step) for name, t in self.tasks.items()}
+
+    def balance_changes(self) -> list[int]:
+        """The steps at which some ω_k or s_k starts a new piece (0 included)."""
+        return schedules.change_steps([value for t in self.tasks.values() for value in (t.omega, t.sampling_weight)])
+
+    def ratio_pieces(self) -> list[tuple[int, list[float]]]:
+        """(first step, normalized s_k in the tasks' order) for every piece of the sampling schedule."""
+        return [(step, list(self.sampling_ratios(step).values())) for step in self.balance_changes()]
 
     def image_size(self, task: str) -> int:
         """The input side ``task`` trains at (``model.tasks.<task>.image_size``, else ``model.image_size``)."""

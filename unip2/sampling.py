@@ -6,6 +6,12 @@ draws the same task sequence and the same rows as an uninterrupted run — with 
 * **unmixed** (the paper): one task k ~ Categorical(s) per step, the same on every rank.
 * **mixed** (Uni-Perceiver v1, for the ablation): each rank draws its own task.
 
+s may change at given steps (a piecewise-constant schedule, ``unip2.schedules``): step t's task is drawn from one
+uniform number of its own (seed, rank, t) against the s in force at t, so the draws before a change do not depend
+on what comes after it — a run that copies another's checkpoint at step t and goes on with other values from t
+(Population Based Training's exploit) has the same past as the run it copied. With one piece the draws equal
+``Generator.choice``'s.
+
 Data order: task k's rows form one endless stream; rank r reads stream positions r, r+W, r+2W, ...
 (so ranks never overlap, also in mixed mode). Position g lies in epoch g // N at offset g % N of that
 epoch's permutation. A permutation shuffles whole windows of ``window`` consecutive rows and the rows
@@ -28,21 +34,29 @@ import numpy as np
 class TrainingPlan:
     """Task and row schedule of a run.
 
-    tasks: task names in a fixed order; ratios: normalized s_k (same order); batch_sizes: per-worker
-    batch of each task; num_rows: rows in each task's training split.
+    tasks: task names in a fixed order; ratios: normalized s_k (same order), or a schedule of them as
+    [(first step, ratios), ...] pieces (the first at step 0); batch_sizes: per-worker batch of each task;
+    num_rows: rows in each task's training split.
     """
 
-    def __init__(self, *, tasks: list[str], ratios: list[float], batch_sizes: dict[str, int],
+    def __init__(self, *, tasks: list[str], ratios: list[float] | list[tuple[int, list[float]]],
+                 batch_sizes: dict[str, int],
                  num_rows: dict[str, int], num_workers: int, total_steps: int, seed: int,
                  mode: str = "unmixed", window: int = 4096, anchor: dict | None = None):
         if mode not in ("unmixed", "mixed"):
             raise ValueError(f"train.sampling must be 'unmixed' or 'mixed', got {mode!r}")
-        if not np.isclose(sum(ratios), 1.0):
-            raise ValueError(f"sampling ratios must sum to 1, got {ratios}")
+        ratio_pieces = list(ratios) if ratios and isinstance(ratios[0], tuple) else [(0, list(ratios))]
+        if ratio_pieces[0][0] != 0:
+            raise ValueError(f"the sampling schedule must start at step 0, got {ratio_pieces[0][0]}")
+        for _, piece in ratio_pieces:
+            if not np.isclose(sum(piece), 1.0):
+                raise ValueError(f"sampling ratios must sum to 1, got {piece}")
         for task in tasks:
             if num_rows.get(task, 0) <= 0:
                 raise ValueError(f"tasks.{task}: the task has no training data")
-        self.tasks, self.ratios = list(tasks), np.asarray(ratios, dtype=np.float64)
+        self.tasks = list(tasks)
+        self.ratio_pieces = [(int(start), np.asarray(piece, dtype=np.float64)) for start, piece in ratio_pieces]
+        self.ratios = self.ratio_pieces[0][1]
         self.batch_sizes, self.num_rows = dict(batch_sizes), dict(num_rows)
         self.num_workers, self.total_steps, self.seed = num_workers, total_steps, seed
         self.mode, self.window = mode, window
@@ -53,9 +67,13 @@ class TrainingPlan:
         self._anchor_draws = {t: int((anchor or {}).get("draws", {}).get(t, 0)) for t in tasks}
         ranks = 1 if mode == "unmixed" else num_workers
         # task_index[r, t]: the task rank r trains at step t (row 0 serves every rank when unmixed).
-        self._task_index = np.stack([
-            np.random.default_rng([seed, 7919, r]).choice(len(tasks), size=total_steps, p=self.ratios)
-            for r in range(ranks)])
+        uniform = np.stack([np.random.default_rng([seed, 7919, r]).random(total_steps) for r in range(ranks)])
+        self._task_index = np.empty((ranks, total_steps), dtype=np.int64)
+        ends = [start for start, _ in self.ratio_pieces[1:]] + [total_steps]
+        for (start, piece), end in zip(self.ratio_pieces, ends):
+            cdf = np.cumsum(piece)
+            cdf /= cdf[-1]
+            self._task_index[:, start:end] = cdf.searchsorted(uniform[:, start:end], side="right")
         # draws_before[r, t]: how many earlier steps of rank r drew the same task as step t.
         self._draws_before = np.zeros_like(self._task_index)
         for r in range(ranks):

@@ -40,9 +40,9 @@ class StreamSpec:
 
     def plan(self) -> TrainingPlan:
         """The run's plan; a worker's rows of a step are all its micro-batches' (``train.accumulation_steps``)."""
-        run, ratios = self.run, self.run.sampling_ratios()
+        run = self.run
         accumulation = run.train.accumulation_steps
-        return TrainingPlan(tasks=list(run.tasks), ratios=[ratios[t] for t in run.tasks],
+        return TrainingPlan(tasks=list(run.tasks), ratios=run.ratio_pieces(),
                             batch_sizes={t: task.batch_size * accumulation for t, task in run.tasks.items()},
                             num_rows=self.num_rows, num_workers=self.num_workers, total_steps=run.train.steps,
                             seed=run.train.seed, mode=run.train.sampling, window=run.data.shuffle_window,

@@ -73,10 +73,14 @@ class GeneralistStage(Stage):
         if rank == 0 and self.state["step"] == 0:
             print(f"[train] precision {precision} on {describe(self.device)}", flush=True)
         self.train_step = TrainingStep(loss_module=wrapped, optimizer=self.optimizer, ratios=run.sampling_ratios(),
-                                       omegas={name: task.omega for name, task in run.tasks.items()},
+                                       omegas=run.omegas(),
                                        mixed=run.train.sampling == "mixed" and world_size > 1, gather=gather,
                                        autocast=autocast(precision, self.device))
         self.skipped = Counter(self.state["skipped_images"])
+        # A resumed run starts with the balance in force at its step, then follows the schedule's changes.
+        step = self.state["step"]
+        self.train_step.omegas, self.train_step.ratios = run.omegas(step), run.sampling_ratios(step)
+        self.balance_changes = set(run.balance_changes())
         return self.spec
 
     def train(self, step: int, task: str, np_batches: list, bad_rows: dict) -> None:
@@ -92,6 +96,8 @@ class GeneralistStage(Stage):
         set_learning_rate(self.optimizer, learning_rate(step, total_steps=run.train.steps, peak=self.peak_lr,
                                                         warmup_steps=run.optim.warmup_steps,
                                                         min_ratio=run.optim.min_lr_ratio))
+        if step in self.balance_changes:  # ω_k and s_k (MT-AdamW's β/s_k) as the schedule has them from here
+            self.train_step.omegas, self.train_step.ratios = run.omegas(step), run.sampling_ratios(step)
         outcome = self.train_step(task, batches, loss_hook=lambda loss: hooks.on_loss(step, loss))
         if outcome.finite:
             state["bad_steps"] = 0

@@ -76,16 +76,25 @@ def test_short_run_trains_every_worker_on_one_task_per_step(ray_local, embedded_
 
 
 def test_a_worker_failure_resumes_exactly(ray_local, embedded_data, tmp_path):
-    common = SMALL + small_batches() + [f"data.root={embedded_data}", "train.steps=8", "train.checkpoint_every=2",
-                                        "scale.max_failures=1"]
-    *_, straight = train(tmp_path, "straight", common)
-    trace = tmp_path / "trace"
-    trace.mkdir()
+    """With ω_k and s_k changing at given steps (a schedule, as Population Based Training writes them): the resumed
+    run trains the same task on the same rows at every step as the uninterrupted one, to the same weights."""
+    schedule = ["tasks.classification.sampling_weight={0: 4, 3: 0.25}", "tasks.retrieval.sampling_weight={0: 1, 6: 6}",
+                "tasks.detection.omega={0: 1, 5: 3}"]
+    common = SMALL + small_batches() + schedule + [f"data.root={embedded_data}", "train.steps=8",
+                                                   "train.checkpoint_every=2", "scale.max_failures=1"]
+    traces = {name: tmp_path / f"trace_{name}" for name in ("straight", "failed")}
+    for folder in traces.values():
+        folder.mkdir()
+    *_, straight = train(tmp_path, "straight", common, FaultHooks(trace_dir=traces["straight"]))
     *_, resumed = train(tmp_path, "failed", common,
-                        FaultHooks(fail_at_step=5, fail_marker=tmp_path / "fired", trace_dir=trace))
+                        FaultHooks(fail_at_step=5, fail_marker=tmp_path / "fired", trace_dir=traces["failed"]))
     assert (tmp_path / "fired").read_text() == "5"
-    steps = [int(line.split()[0]) for line in (trace / "rank0.txt").read_text().splitlines()]
-    assert steps == [0, 1, 2, 3, 4, 4, 5, 6, 7]  # failed entering step 5, resumed from the step-4 checkpoint
+    lines = {name: [line.split() for line in (folder / "rank0.txt").read_text().splitlines()]
+             for name, folder in traces.items()}
+    assert [int(line[0]) for line in lines["failed"]] == [0, 1, 2, 3, 4, 4, 5, 6, 7]  # resumed from step 4
+    replayed = lines["failed"][:5] + lines["failed"][6:]
+    assert replayed == lines["straight"]  # step, task and image ids of every step
+    assert len({line[1] for line in lines["straight"]}) >= 2
     a, b = weights(straight), weights(resumed)
     assert a.keys() == b.keys()
     for key in a:
