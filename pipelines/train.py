@@ -33,6 +33,7 @@ from pipelines.training.checkpoints import export_model, read_state
 from pipelines.training.trainer import fit
 from unip2 import config_io
 from unip2.run_config import RunConfig, load_run_config
+from unip2.schedules import value_at
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -85,7 +86,7 @@ def train_and_evaluate(args: argparse.Namespace, run: RunConfig, out: Path, data
     scale = run.learning_rate_scale(run.scale.num_workers)
     if scale != 1.0:  # the learning rate follows the global batch (optim.lr_reference_workers)
         print(f"[train] global batch {run.scale.num_workers} workers × {run.train.accumulation_steps} micro-batches: "
-              f"peak lr {run.optim.lr * scale:.3g} = optim.lr × {scale:g} (linear rule)", flush=True)
+              f"peak lr {value_at(run.optim.lr, 0) * scale:.3g} = optim.lr × {scale:g} (linear rule)", flush=True)
     result_checkpoint = fit(run, out=out, data_root=data_root)
     final = export_model(result_checkpoint, out / "checkpoint")
     state = read_state(result_checkpoint)

@@ -83,9 +83,10 @@ class OptimConfig:
 
     name: Literal["mt_adamw", "adamw"] = "mt_adamw"
     """``mt_adamw``: task-balanced gradient normalization; ``adamw``: the ablation without it."""
-    lr: float = 2e-4
+    lr: Schedule = 2e-4
     """Peak learning rate at the reference global batch ``lr_reference_workers`` (MT-AdamW steps are
-    ~(1−β1)/s_k / √((1−β2)/s_k) × lr per parameter)."""
+    ~(1−β1)/s_k / √((1−β2)/s_k) × lr per parameter). A number, or ``{step: value}`` pieces (``unip2.schedules``):
+    the warm-up and cosine decay then peak at the value in force at each step."""
     lr_reference_workers: int | None = None
     """The global batch at which ``lr`` is the peak, counted in per-worker batches (workers × accumulation
     steps; 64 = the paper's 64 GPUs × 1). One rule, linear: a run with W workers and A = ``train.
@@ -108,7 +109,8 @@ class OptimConfig:
     """Cosine decay ends at lr × min_lr_ratio."""
 
     def validate(self, prefix: str = "") -> None:
-        require(self.lr > 0, prefix + "lr", "must be > 0")
+        why = schedules.problem(self.lr)
+        require(why is None, prefix + "lr", why or "")
         require(self.lr_reference_workers is None or self.lr_reference_workers > 0, prefix + "lr_reference_workers",
                 "must be > 0, or null")
         require(self.backbone_lr_scale >= 0, prefix + "backbone_lr_scale", "must be >= 0")
@@ -162,9 +164,19 @@ class TrainingConfig:
     activations (``unip2.model.checkpointing``): exact gradients, less memory, about one more forward pass of
     those stacks per step. Candidate sets are chunked and checkpointed either way (``model.candidate_chunk_tokens``).
     What it saves per task: docs/scale_out.md ("Memory per GPU")."""
+    stop_at: int | None = None
+    """Train up to this step only, checkpoint and stop (a segment of the run: the learning rate still decays over
+    ``steps``); run again with a later ``stop_at`` or none to go on from there. Population Based Training trains
+    its members one perturbation interval at a time this way. None = to ``steps``."""
+    resume_from: str | None = None
+    """A training checkpoint folder (another run's ``checkpoint_<step>``) this run starts from when its own folder
+    has none: weights, optimizer, step and counters, so it continues that run's stream at its step with this
+    config's ω_k / s_k / lr from there (Population Based Training's exploit)."""
 
     def validate(self, prefix: str = "") -> None:
         require(self.steps > 0, prefix + "steps", "must be > 0")
+        require(self.stop_at is None or 0 < self.stop_at <= self.steps, prefix + "stop_at",
+                "must be in 1..train.steps, or null")
         require(self.accumulation_steps >= 1, prefix + "accumulation_steps", "must be >= 1")
         require(self.log_every > 0, prefix + "log_every", "must be > 0")
         require(self.checkpoint_every > 0, prefix + "checkpoint_every", "must be > 0")

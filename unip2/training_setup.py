@@ -11,6 +11,7 @@ import math
 import torch
 from torch import nn
 
+from unip2 import schedules
 from unip2.optim import MTAdamW, param_groups_for
 from unip2.tasks import TASKS, total_loss
 from unip2.tasks.base import Gather, local_gather
@@ -77,7 +78,7 @@ def build_optimizer(model: nn.Module, *, name: str, lr: float, betas: tuple[floa
 
 def optimizer_for(model: nn.Module, optim) -> torch.optim.Optimizer:
     """``build_optimizer`` with a run's ``OptimConfig`` (``unip2.run_config``)."""
-    return build_optimizer(model, name=optim.name, lr=optim.lr, betas=optim.betas, eps=optim.eps,
+    return build_optimizer(model, name=optim.name, lr=schedules.value_at(optim.lr, 0), betas=optim.betas, eps=optim.eps,
                            weight_decay=optim.weight_decay, backbone_lr_scale=optim.backbone_lr_scale,
                            text_lr_scale=optim.text_lr_scale)
 

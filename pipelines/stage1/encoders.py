@@ -78,6 +78,7 @@ def stage1_run(run: RunConfig, encoders: list[str]) -> RunConfig:
     stage.train.steps = sum(settings[encoder][1] for encoder in encoders)
     stage.train.sampling = "unmixed"
     stage.train.accumulation_steps = 1  # stage 1's batches are pretrain.*_batch_size, one per step
+    stage.train.stop_at = stage.train.resume_from = None  # the generalist's segment and start, not stage 1's
     if "image" in encoders:  # low resolution first, as ImageNet pretraining at 224
         stage.model.tasks[pretraining_task("image")].image_size = pretrain.image_size
     return stage

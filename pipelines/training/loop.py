@@ -22,6 +22,7 @@ from unip2.distributed import gather_with_grad
 from unip2.model.checkpointing import enable_activation_checkpointing
 from unip2.model.tokenizer import TextTokenizer
 from unip2.precision import autocast, describe, resolve_precision
+from unip2.schedules import value_at
 from unip2.tasks import TASKS
 from unip2.tasks.base import local_gather
 from unip2.training_setup import TaskLoss, compile_model, learning_rate, optimizer_for, set_learning_rate
@@ -58,9 +59,9 @@ class GeneralistStage(Stage):
         # checkpoint left it (same rows as an unresized run when the count is unchanged), scale the lr.
         self.spec = self.spec.resized(world_size, self.state.get("stream_anchor"))
         self.plan = self.spec.plan() if run.train.sampling == "unmixed" else None
-        self.peak_lr = run.optim.lr * run.learning_rate_scale(world_size)
+        self.lr_scale = run.learning_rate_scale(world_size)
         if rank == 0 and world_size != run.scale.num_workers:
-            print(f"[train] {world_size} of {run.scale.num_workers} workers: peak lr {self.peak_lr:.3g} (linear "
+            print(f"[train] {world_size} of {run.scale.num_workers} workers: peak lr × {self.lr_scale:.3g} (linear "
                   f"rule), global batch {world_size} × {run.train.accumulation_steps} × per-task batch", flush=True)
         # DDP must look for parameters without a gradient: classification, captioning and retrieval leave the
         # proposal network's memory projection and objectness head unused (detection steps use every parameter,
@@ -93,7 +94,8 @@ class GeneralistStage(Stage):
         batches = [TASKS[task].collate(np_batch, self.device) for np_batch in np_batches]
         for batch in batches:
             hooks.on_batch(step, self.rank, task, batch)
-        set_learning_rate(self.optimizer, learning_rate(step, total_steps=run.train.steps, peak=self.peak_lr,
+        peak = value_at(run.optim.lr, step) * self.lr_scale  # the schedule's peak in force at this step
+        set_learning_rate(self.optimizer, learning_rate(step, total_steps=run.train.steps, peak=peak,
                                                         warmup_steps=run.optim.warmup_steps,
                                                         min_ratio=run.optim.min_lr_ratio))
         if step in self.balance_changes:  # ω_k and s_k (MT-AdamW's β/s_k) as the schedule has them from here

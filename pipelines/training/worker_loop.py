@@ -81,14 +81,19 @@ def run_worker_loop(spec: StreamSpec, make_stage: Callable[..., Stage]) -> None:
             stage.restore(Path(directory))
         if rank == 0:
             print(f"{stage.prefix} resumed at step {stage.state['step']} from {checkpoint.path}", flush=True)
+    elif run.train.resume_from:  # another run's checkpoint (a population member copying a better one)
+        stage.restore(Path(run.train.resume_from))
+        if rank == 0:
+            print(f"{stage.prefix} started at step {stage.state['step']} from {run.train.resume_from}", flush=True)
     spec = stage.start()
 
     total, state = run.train.steps, stage.state
+    end = run.train.stop_at or total
     started = window_start = time.time()
     window_steps = 0
     stream = stream_steps(spec, rank=rank, start=state["step"], concurrency=run.data.loader_concurrency,
                           num_cpus=run.data.loader_cpus, prefetch=run.data.prefetch_steps,
-                          steps_per_block=run.data.steps_per_block)
+                          steps_per_block=run.data.steps_per_block) if state["step"] < end else ()
     for step, task, np_batches, bad_rows in stream:
         stage.train(step, task, np_batches, bad_rows)
         state["step"] = step + 1
@@ -96,7 +101,7 @@ def run_worker_loop(spec: StreamSpec, make_stage: Callable[..., Stage]) -> None:
         if run.train.validate_every and state["step"] % run.train.validate_every == 0:
             window_start += validate(stage)  # steps/s counts training only
         done = state["step"] == total
-        logged = state["step"] % run.train.log_every == 0 or done
+        logged = state["step"] % run.train.log_every == 0 or state["step"] == end
         if logged:
             now = time.time()
             speed = window_steps / max(now - window_start, 1e-9)
@@ -107,12 +112,15 @@ def run_worker_loop(spec: StreamSpec, make_stage: Callable[..., Stage]) -> None:
                 print(f"{stage.prefix} step {state['step']}/{total} {shown} {speed:.2f} steps/s "
                       f"ETA {eta / 60:.1f} min", flush=True)
             window_start, window_steps = now, 0
-        if state["step"] % run.train.checkpoint_every == 0 or done:
+        if state["step"] % run.train.checkpoint_every == 0 or state["step"] == end:
             report(stage, final=done)
         elif logged:
             ray.train.report(stage.metrics(), checkpoint=None)  # live metrics: every rank, the same steps
+        if state["step"] == end:
+            break
     if rank == 0:
-        print(f"{stage.prefix} finished {total} steps in {time.time() - started:.0f} s", flush=True)
+        print(f"{stage.prefix} finished {total} steps in {time.time() - started:.0f} s" if end == total else
+              f"{stage.prefix} stopped at step {end} of {total} (train.stop_at)", flush=True)
 
 
 def validate(stage: Stage) -> float:

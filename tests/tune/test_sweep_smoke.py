@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import signal
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -24,18 +22,7 @@ from tune.objective import OBJECTIVE, metric_key
 from unip2.run_config import load_run_config
 from unip2.tasks import TASKS
 
-
-class InterruptOnFirstResult(ray.tune.Callback):
-    """Interrupts the sweep once, at the first result any trial reports (the marker file makes it once:
-    the callback is saved with the experiment and comes back on resume)."""
-
-    def __init__(self, marker: Path):
-        self.marker = str(marker)
-
-    def on_trial_result(self, iteration, trials, trial, result, **info):
-        if not Path(self.marker).exists():
-            Path(self.marker).write_text(trial.trial_id)
-            os.kill(os.getpid(), signal.SIGUSR1)
+from tune_callbacks import InterruptOnFirstResult
 
 
 def trial_results(out: Path, trial_id: str) -> list[dict]:
