@@ -30,6 +30,7 @@ from pipelines.training.live_metrics import TENSORBOARD, write_evaluation
 from pipelines.stage1.encoders import pretrain_if_needed
 from pipelines.run.prepare import prepare_run
 from pipelines.training.checkpoints import export_model, read_state
+from pipelines.training.trackers import log_evaluation
 from pipelines.training.trainer import fit
 from unip2 import config_io
 from unip2.run_config import RunConfig, load_run_config
@@ -103,6 +104,7 @@ def train_and_evaluate(args: argparse.Namespace, run: RunConfig, out: Path, data
                                          precision=run.train.precision)
         if run.logging.tensorboard:
             write_evaluation(out / TENSORBOARD, summary["evaluation"], step=state["step"])
+        log_evaluation(run, out, summary["evaluation"], step=state["step"])  # MLflow, W&B where turned on
     summary["wall_seconds"] = time.time() - started
     (out / "train_summary.json").write_text(json.dumps(summary, indent=2, default=str))
     print(f"[train] done in {summary['wall_seconds']:.0f} s. Checkpoint: {final}\n"

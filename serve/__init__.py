@@ -1,7 +1,6 @@
 """The generalist model behind HTTP on Ray Serve: one deployment whose replicas hold the model and are the
 FastAPI ingress (proxy → replica, one hop), with a dynamic batching queue per task route.
 
-    export RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=serve.proxy_errors:proxy_middlewares  # see serve.proxy_errors
     serve run serve.app:build_app checkpoint=runs/<run>/checkpoint           # http://127.0.0.1:8000/
     serve run serve.app:build_app checkpoint=runs/<run>/checkpoint gallery=.cache/unip2/shapes-seed0/parquet
     serve deploy serve/config.yaml                                     # against a running Ray cluster

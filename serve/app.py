@@ -1,6 +1,5 @@
 """The Serve application: ``build_app`` binds the model deployment (itself the HTTP ingress) from typed arguments.
 
-    export RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=serve.proxy_errors:proxy_middlewares  # see serve.proxy_errors
     serve run serve.app:build_app checkpoint=runs/<run>/checkpoint
     serve run serve.app:build_app checkpoint=runs/<run>/checkpoint gallery=.cache/unip2/shapes-seed0/parquet max_batch_size=32
     serve run serve.app:build_app checkpoint=runs/<run>/checkpoint min_replicas=1 max_replicas=4
@@ -22,7 +21,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from ray.serve import Application
 
 from serve.model_deployment import ModelServer
+from serve.proxy_errors import PROXY_CALLBACK, PROXY_CALLBACK_ENV
 from serve.requests import Limits
+
+# `serve run serve.app:build_app` imports this module before it starts its local Ray, which (with Serve's proxy)
+# inherits this process's environment: the proxy middleware is installed with nothing exported. A cluster started
+# apart sets it in `ray start` (cluster.yaml), serve/config.yaml in the controller's runtime environment.
+os.environ.setdefault(PROXY_CALLBACK_ENV, PROXY_CALLBACK)
 
 CONTROL_REQUESTS = 16
 """Serve-level room per replica beyond its task requests, for /healthz, /readyz, /v1/stats and /v1/tasks."""

@@ -11,7 +11,8 @@ Ray Serve installs it through its proxy callback, an environment variable the pr
 
     RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=serve.proxy_errors:proxy_middlewares
 
-Export it before ``serve run`` starts a local Ray (the README's commands); ``serve.local_run`` passes it to the Serve
+``serve.app`` sets it when imported, so ``serve run serve.app:build_app`` starts its local Ray with it (nothing to
+export); ``serve.local_run`` passes it to the Serve
 controller, whose proxies inherit it; ``serve/config.yaml`` sets it as ``controller_options`` (for ``serve
 deploy`` and ``serve run`` of that file); the cluster files export it in ``ray start`` on every node. The
 project must be importable where a proxy runs (it is: PYTHONPATH, ``serve run``'s working folder, or installed).

@@ -12,7 +12,7 @@ from typing import Literal
 
 import ray
 import ray.tune
-from ray.tune.schedulers import PopulationBasedTraining
+from ray.tune.schedulers import PopulationBasedTraining, TrialScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from pipelines.run import ray_runtime
@@ -131,26 +131,32 @@ def measure_baseline(spec: PbtSpec, out: Path, interval: int) -> dict:
     return measured
 
 
+class KeepsTheLastStep(PopulationBasedTraining):
+    """PBT that leaves a member alone at the run's last step: nothing is left to train there, and a copy then would
+    only replace the member's own lineage by another's."""
+
+    def __init__(self, *, last_step: int, **options):
+        super().__init__(**options)
+        self.last_step = last_step
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        if result.get(STEP, 0) >= self.last_step:
+            return TrialScheduler.CONTINUE
+        return super().on_trial_result(tune_controller, trial, result)
+
+
 def make_scheduler(spec: PbtSpec, run: RunConfig, interval: int):
     settings = spec.settings
     mutations = param_space(spec.space, run)
     if settings.scheduler == "pb2":
-        from ray.tune.schedulers.pb2 import PB2
+        from tune.pb2_scheduler import pb2_scheduler
 
-        bounds = {key: [domain.lower, domain.upper] for key, domain in _flat_domains(mutations).items()}
-        return PB2(time_attr=STEP, metric=OBJECTIVE, mode="max", perturbation_interval=interval,
-                   quantile_fraction=settings.quantile_fraction, hyperparam_bounds=bounds)
-    return PopulationBasedTraining(
-        time_attr=STEP, metric=OBJECTIVE, mode="max", perturbation_interval=interval,
+        return pb2_scheduler(mutations, last_step=run.train.steps, time_attr=STEP, metric=OBJECTIVE, mode="max",
+                             perturbation_interval=interval, quantile_fraction=settings.quantile_fraction)
+    return KeepsTheLastStep(
+        last_step=run.train.steps, time_attr=STEP, metric=OBJECTIVE, mode="max", perturbation_interval=interval,
         hyperparam_mutations=mutations, quantile_fraction=settings.quantile_fraction,
         resample_probability=settings.resample_probability, synch=True)
-
-
-def _flat_domains(params: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in params.items():
-        flat |= _flat_domains(value, f"{prefix}{key}/") if isinstance(value, dict) else {prefix + key: value}
-    return flat
 
 
 def make_tuner(spec: PbtSpec, out: Path, run: RunConfig, setup: MemberSetup, *, concurrency: int,

@@ -186,12 +186,38 @@ class TrainingConfig:
 
 
 @dataclass
+class MlflowLogging:
+    """An MLflow run per training run (the optional ``mlflow-skinny`` package: ``pip install -e '.[tracking]'``)."""
+
+    tracking_uri: str | None = None
+    """An MLflow tracking server (``http://host:5000``) or store; None = a local file store in the run folder
+    (``<run>/mlruns``; ``mlflow ui --backend-store-uri <run>/mlruns``)."""
+    experiment: str = "unip2"
+    """The MLflow experiment the runs go into (created when missing)."""
+
+
+@dataclass
+class WandbLogging:
+    """A Weights & Biases run per training run (the optional ``wandb`` package: ``pip install -e '.[tracking]'``)."""
+
+    project: str = "unip2"
+    mode: Literal["online", "offline"] = "online"
+    """``offline`` writes the run into ``<run>/wandb`` only (``wandb sync`` uploads it later)."""
+    entity: str | None = None
+    """The W&B team or user; None = the logged-in user's default."""
+
+
+@dataclass
 class LoggingConfig:
     """Where a run's live metrics go besides its console and checkpoints (``pipelines.training.live_metrics``)."""
 
     tensorboard: bool = True
     """TensorBoard event files in the run folder (``<run>/tensorboard``; stage 1's in ``<run>/pretrain/``): every
     progress window's losses, learning rate, speed and counters, and the evaluation's metrics at the end."""
+    mlflow: MlflowLogging | None = None
+    """The same numbers in MLflow (``logging.mlflow={}`` for the defaults; None = off)."""
+    wandb: WandbLogging | None = None
+    """The same numbers in W&B (``logging.wandb={project: my-project}``; None = off)."""
 
 
 @dataclass

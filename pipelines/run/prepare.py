@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 
 from pipelines.run import ray_runtime  # (first: sets Ray's environment before ray is imported)
 from pipelines.run import cluster_fit
+from pipelines.training.trackers import check_trackers
 from unip2 import config_io
 from unip2.config_io import ConfigError
 from unip2.data.embedded import ensure_embedded_data
@@ -89,6 +90,7 @@ def prepare_run(config_path: str | None, overrides: list[str], *, out: str | Non
     if run.pretrain.random_init == "refuse" and run.random_encoders():  # before anything starts
         raise weights_to_download(run, run.random_encoders(), "not set, and stage 1 (pretrain.encoders) does not "
                                                              "pretrain it")
+    check_trackers(run)  # a tracker whose package is missing: refused now, not in the Train controller
     root, manifest = resolve_data(run)
     if not run.model.class_names:
         run.model.class_names = {k: list(v) for k, v in manifest["class_names"].items()}

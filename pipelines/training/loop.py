@@ -61,7 +61,8 @@ class GeneralistStage(Stage):
         self.plan = self.spec.plan() if run.train.sampling == "unmixed" else None
         self.lr_scale = run.learning_rate_scale(world_size)
         if rank == 0 and world_size != run.scale.num_workers:
-            print(f"[train] {world_size} of {run.scale.num_workers} workers: peak lr × {self.lr_scale:.3g} (linear "
+            peak = value_at(run.optim.lr, self.state["step"]) * self.lr_scale
+            print(f"[train] {world_size} of {run.scale.num_workers} workers: peak lr {peak:.3g} (linear "
                   f"rule), global batch {world_size} × {run.train.accumulation_steps} × per-task batch", flush=True)
         # DDP must look for parameters without a gradient: classification, captioning and retrieval leave the
         # proposal network's memory projection and objectness head unused (detection steps use every parameter,

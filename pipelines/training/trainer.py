@@ -13,6 +13,7 @@ from pipelines.run import cluster_fit, ray_runtime
 from pipelines.training.live_metrics import TENSORBOARD, TensorBoardLog
 from pipelines.data.stream_spec import StreamSpec
 from pipelines.training.loop_inputs import LoopHooks, LoopInputs
+from pipelines.training.trackers import tracker_callbacks
 from unip2.run_config import RunConfig
 
 
@@ -42,6 +43,7 @@ def torch_trainer(run: RunConfig, loop, *, name: str, storage_path: str | None, 
     resources = cluster_fit.worker_resources(run, use_gpu=use_gpu)
     if run.logging.tensorboard:  # every progress window's report, live
         callbacks = [*callbacks, TensorBoardLog(out.resolve() / TENSORBOARD)]
+    callbacks = [*callbacks, *tracker_callbacks(run, out)]  # MLflow, W&B: as logging asks
     if storage_path is None:
         storage_path = str((out / "ray").resolve())
     elif "://" not in storage_path:  # a path every node sees; a URI (s3://, gs://) goes to Ray as is

@@ -9,11 +9,12 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
 import unip2
-from event_files import scalars
+from event_files import scalars, wandb_history
 from pipelines.stage1.encoders import ensure_pretrained_encoders
 from unip2.model.tokenizer import tokenizer_for
 from unip2.run_config import load_run_config
@@ -33,7 +34,8 @@ def test_the_console_shows_each_progress_line_once_and_the_run_folder_keeps_the_
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env["PYTHONPATH"] = str(ROOT)
     overrides = [*SMALL, *STAGE1, f"data.root={embedded_data}", f"data.cache_dir={tmp_path / 'cache'}",
-                 "train.steps=6", "train.log_every=2", "train.checkpoint_every=6"]
+                 "train.steps=6", "train.log_every=2", "train.checkpoint_every=6",
+                 "logging.mlflow={}", "logging.wandb={mode: offline}"]  # both trackers' console kept quiet too
     command = [sys.executable, "pipelines/train.py", "--out", str(out), *overrides]
     finished = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
     console = [line for line in (finished.stdout + finished.stderr).splitlines() if line.strip()]
@@ -62,6 +64,20 @@ def test_the_console_shows_each_progress_line_once_and_the_run_folder_keeps_the_
     logged = scalars(out / "tensorboard")
     assert sorted(logged["steps_per_s"]) == [2, 4, 6] and set(logged["eval/classification/top1"]) == {6}
     assert sorted(scalars(out / "pretrain" / "tensorboard")["steps_per_s"]) == [2, 4]
+
+    # MLflow (a local file store in the run folder) and W&B (offline) hold the same curves and the evaluation.
+    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    from mlflow.tracking import MlflowClient
+
+    client, run_id = MlflowClient(tracking_uri=(out / "mlruns").as_uri()), (out / "mlflow_run_id").read_text()
+    assert [m.step for m in client.get_metric_history(run_id, "steps_per_s")] == [2, 4, 6]
+    losses = {tag for tag in logged if tag.startswith("loss/")}  # the tasks drawn in those 6 steps
+    assert losses and losses <= set(client.get_run(run_id).data.metrics)
+    assert [m.step for m in client.get_metric_history(run_id, "eval/classification/top1")] == [6]
+    assert client.get_run(run_id).info.status == "FINISHED"
+    tracked = wandb_history(out / "wandb")
+    assert sorted(step for step in tracked["steps_per_s"] if step >= 0) == [2, 4, 6] and losses <= set(tracked)
+    assert tracked["eval/classification/top1"][-1] == pytest.approx(logged["eval/classification/top1"][6])  # summary
 
     # The run trained from stage 1's files, and the next run with the same settings reuses them.
     saved = load_run_config(out / "run_config.yaml")

@@ -16,6 +16,7 @@ from pipelines.data.step_stream import StepBatchLoader
 from pipelines.data.stream_spec import StreamSpec
 from pipelines.training.trainer import fit
 from unip2.optim import MTAdamW
+from unip2.schedules import with_piece
 from unip2.training_setup import TaskLoss, optimizer_for
 
 from event_files import scalars
@@ -99,6 +100,25 @@ def test_a_worker_failure_resumes_exactly(ray_local, embedded_data, tmp_path):
     assert a.keys() == b.keys()
     for key in a:
         assert torch.allclose(a[key], b[key], atol=1e-6), key
+
+    # Population Based Training's exploit: a run starts from the straight run's step-6 checkpoint (weights,
+    # optimizer, step) with other values from step 6 on. It trains steps 6 and 7 exactly as one run from step 0 with
+    # the whole schedule (the straight run's up to step 6, the new values after) does.
+    donor = next((tmp_path / "straight" / "ray").rglob("checkpoint_0000006"))
+    new_values = {"tasks.classification.sampling_weight": ({0: 4, 3: 0.25}, 2.0),
+                  "tasks.detection.omega": ({0: 1, 5: 3}, 0.5), "optim.lr": (2e-4, 1e-4)}
+    whole = common + [f"{key}={json.dumps(with_piece(past, 6, value))}" for key, (past, value) in new_values.items()]
+    for name in ("copied", "whole"):
+        (tmp_path / f"trace_{name}").mkdir()
+    *_, copied = train(tmp_path, "copied", whole + [f"train.resume_from={donor}"],
+                       FaultHooks(trace_dir=tmp_path / "trace_copied"))
+    *_, one_run = train(tmp_path, "whole", whole, FaultHooks(trace_dir=tmp_path / "trace_whole"))
+    traced = {name: (tmp_path / f"trace_{name}" / "rank0.txt").read_text().splitlines() for name in ("copied", "whole")}
+    assert traced["copied"] == traced["whole"][6:] and len(traced["copied"]) == 2
+    a, b = weights(copied), weights(one_run)
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-6), key
+    assert any(not torch.equal(weights(straight)[key], a[key]) for key in a)  # the new values changed steps 6-7
 
 
 # The workers recompute their blocks and class-name chunks in backward (DDP with find_unused_parameters must still

@@ -1,59 +1,85 @@
-"""Two model replicas (fractional CPUs) on the local Ray: requests spread over both, and every request is
-answered while one is killed and replaced.
+"""Two model replicas (fractional CPUs) started as the README says, `serve run serve.app:build_app ...` in a shell
+with nothing exported (its own local Ray, as on a laptop): requests spread over both, and every request is answered
+while one is SIGKILLed under load and replaced.
 
 A replica is the HTTP ingress itself (one hop), so a request the killed replica was working on is answered by
-Serve's proxy, which does not retry a request a replica accepted: our proxy middleware (serve.proxy_errors,
-installed by serve.local_run) makes that the app's JSON 503 with Retry-After, saying the replica was lost. A
-request whose replica died after reading its body but before Serve's router heard it accept is re-sent to a
-live replica without its body: that replica answers 503 with Retry-After once no body has come for
-serve.requests.BODY_START_TIMEOUT_S. Every other request is answered 200 by a live replica, or 503 with
+Serve's proxy, which does not retry a request a replica accepted: our proxy middleware (serve.proxy_errors, which
+serve.app puts in the environment `serve run` starts Ray with) makes that the app's JSON 503 with Retry-After,
+saying the replica was lost. A request whose replica died after reading its body but before Serve's router heard
+it accept is re-sent to a live replica without its body: that replica answers 503 with Retry-After once no body has
+come for serve.requests.BODY_START_TIMEOUT_S. Every other request is answered 200 by a live replica, or 503 with
 Retry-After when they are full. No 500, no hang, no other shape. The test prints the counts.
 
-One app for the module, shut down at the end so later modules get the CPUs back.
+`serve run` is stopped (Ctrl+C) at the end of the module, taking its Ray with it.
 """
 
 from __future__ import annotations
 
 import io
+import os
+import signal
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import requests
 from PIL import Image
 
-APP = "serve-replicas"
+from serve.local_run import wait_ready
+
+ROOT = Path(__file__).resolve().parents[2]
 REPLICAS = 2
 CLIENTS = 6
+URL = "http://127.0.0.1:8000"  # serve run's own address
 
 
 @pytest.fixture(scope="module")
-def base_url(ray_local, tiny_checkpoint):
-    from serve.app import AppArgs, build_app
-    from serve.local_run import run_local, stop_local
+def base_url(tiny_checkpoint, tmp_path_factory):
+    # A user's shell: none of the test session's Ray settings, no proxy variable; a Ray temp folder of its own
+    # (short: Ray's socket paths) so that nothing another test's cluster left behind is joined.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "UNIP2_"))}
+    env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    log = tmp_path_factory.mktemp("serve_run") / "serve_run.log"
+    command = [str(Path(sys.executable).parent / "serve"), "run", "serve.app:build_app", f"checkpoint={tiny_checkpoint}",
+               f"min_replicas={REPLICAS}", "model_num_cpus=0.5", "ingress_num_cpus=0.25", "max_batch_size=4",
+               "max_ongoing_requests=4", "max_queued_requests=4", "warmup=false"]
+    with log.open("w") as output:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    try:
+        wait_ready(URL, 300)
+        wait_for_replicas(REPLICAS)
+        yield URL
+    finally:
+        process.send_signal(signal.SIGINT)  # Ctrl+C: serve run shuts the app and its Ray down
+        try:
+            process.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+        print("\n[serve run] " + "\n[serve run] ".join(log.read_text(errors="replace").splitlines()[-5:]))
 
-    args = AppArgs(checkpoint=str(tiny_checkpoint), min_replicas=REPLICAS, model_num_cpus=0.5, ingress_num_cpus=0.25,
-                   max_batch_size=4, max_ongoing_requests=4, max_queued_requests=4, warmup=False)
-    url = run_local(build_app(args), name=APP)
-    wait_for_running_replicas(REPLICAS)
-    yield url
-    stop_local()
+
+def replica_processes() -> dict[int, str]:
+    """PID → command line of every model replica process of `serve run`'s app ("default")."""
+    found = subprocess.run(["pgrep", "-af", "ServeReplica:default:Model"], capture_output=True, text=True).stdout
+    return {int(line.split()[0]): line for line in found.splitlines() if line.strip()}
 
 
-def running_replicas() -> int:
-    from ray import serve
-
-    deployment = serve.status().applications[APP].deployments["Model"]
-    return deployment.replica_states.get("RUNNING", 0)
-
-
-def wait_for_running_replicas(count: int, timeout_s: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while running_replicas() < count:
+def wait_for_replicas(count: int, timeout_s: float = 180.0) -> set[str]:
+    """Until ``count`` replicas have answered (their X-Replica names) → the names."""
+    deadline, seen = time.monotonic() + timeout_s, set()
+    while len(seen) < count:
         if time.monotonic() > deadline:
-            pytest.fail(f"fewer than {count} running replicas after {timeout_s:.0f} s")
-        time.sleep(0.5)
+            pytest.fail(f"fewer than {count} replicas answered after {timeout_s:.0f} s: {seen}")
+        response = classify(URL)
+        if response.status_code == 200:
+            seen.add(response.headers["x-replica"])
+    return seen
 
 
 IMAGE = io.BytesIO()
@@ -78,8 +104,6 @@ def test_requests_spread_over_both_replicas(base_url):
 
 
 def test_every_request_is_answered_while_a_replica_is_killed_and_replaced(base_url, capsys):
-    import ray
-
     from serve.proxy_errors import MESSAGE as REPLICA_LOST
 
     answers: list[tuple[int, str | None, str | None, dict | None]] = []
@@ -102,8 +126,9 @@ def test_every_request_is_answered_while_a_replica_is_killed_and_replaced(base_u
         while len({replica for code, _, replica, _ in answers if code == 200}) < REPLICAS:
             time.sleep(0.1)
         before = {replica for code, _, replica, _ in answers if code == 200}
-        victim = sorted(before)[0]
-        ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
+        processes = replica_processes()
+        assert len(processes) == REPLICAS, processes
+        os.kill(min(processes), signal.SIGKILL)  # one replica's process, outright, under load
         killed_at = len(answers)
         deadline = time.monotonic() + 180
         # Keep the load on until a new replica answers in place of the killed one.
@@ -121,7 +146,7 @@ def test_every_request_is_answered_while_a_replica_is_killed_and_replaced(base_u
     lost = refusals[REPLICA_LOST]
     no_body = sum(n for message, n in refusals.items() if message.startswith("no request body arrived"))
     with capsys.disabled():
-        print(f"\n[replicas] {len(answers)} requests while one of {REPLICAS} replicas was killed and replaced: "
+        print(f"\n[replicas] {len(answers)} requests while one of {REPLICAS} replicas was SIGKILLed and replaced: "
               f"{codes[200]} answered 200, {lost} answered 503 by the proxy (in flight on the killed replica), "
               f"{no_body} answered 503 for a body lost with it, {codes[503] - lost - no_body} answered 503 by a "
               f"full replica, {len(answers) - codes[200] - codes[503]} other")
@@ -131,5 +156,5 @@ def test_every_request_is_answered_while_a_replica_is_killed_and_replaced(base_u
             assert retry_after is not None and int(retry_after) >= 1
             assert body is not None and body["error"]["code"] == 503 and body["error"]["message"]
     assert lost + no_body <= CLIENTS, "more requests lost than the killed replica can have held"
-    wait_for_running_replicas(REPLICAS)
+    wait_for_replicas(REPLICAS)
     assert classify(base_url).status_code == 200
