@@ -24,7 +24,7 @@ import ray.tune
 
 from pipelines.run.prepare import prepare_run
 from pipelines.training.trainer import make_trainer
-from tune.objective import FLOOR, OBJECTIVE, relative_objective
+from tune.objective import FLOOR, OBJECTIVE, metric_key, relative_objective
 from tune.search_space import flat_params
 from unip2.schedules import with_piece
 
@@ -103,7 +103,10 @@ def run_member(config: dict, *, setup: MemberSetup) -> None:
             raise result.error
         step = end
         scores = validation_scores(result.metrics)
-        reference = setup.baseline.get(str(step)) or setup.baseline.get(step) or {}
+        # The sweep's objective: each task's own metric once (not the report's extra columns), against the
+        # uniform run's at this step.
+        reference = {key: value for key, value in (setup.baseline.get(str(step)) or {}).items()
+                     if key in {metric_key(task) for task in run.tasks}}
         objective = relative_objective(scores, reference, floor=setup.floor) if reference else float("nan")
         member = {"step": step, "schedule": schedule, "run_dir": str(run_dir), "scores": scores,
                   "objective": objective}

@@ -197,15 +197,21 @@ def run_pbt(spec: PbtSpec | None, out: str | Path, *, address: str | None = None
     config_io.save(spec, out / "pbt.yaml")
     interval = interval_of(spec, run)
     ray_runtime.connect(address or run.scale.address)
+    settings = SweepSettings(samples=spec.settings.population, concurrency=spec.settings.concurrency,
+                             trial_cpus=spec.settings.trial_cpus)
+    concurrency = trial_concurrency(run, settings, free_resources())
+    # PBT compares members at the same step: all of them must train at once. Fewer slots would run them one after
+    # another, each alone at its quantile and never copied: refused, not silently degenerate.
+    require(concurrency >= spec.settings.population, "population",
+            f"{spec.settings.population} members must train at once for PBT to compare them, and this cluster "
+            f"holds {concurrency} (each reserves trial_cpus + workers × (scale.cpus_per_worker + "
+            "data.loader_concurrency × data.loader_cpus)): lower the population or what each member reserves")
     from pipelines.stage1.encoders import pretrained_overrides
 
     # Stage 1 once (cached): every member's encoders start from it.
     overrides = [*spec.overrides, *pretrained_overrides(spec.config_path, spec.overrides, out / "stage1")]
     spec = PbtSpec(spec.config_path, overrides, spec.space, spec.settings)
     baseline = measure_baseline(spec, out, interval)
-    settings = SweepSettings(samples=spec.settings.population, concurrency=spec.settings.concurrency,
-                             trial_cpus=spec.settings.trial_cpus)
-    concurrency = trial_concurrency(run, settings, free_resources())
     print(f"[pbt] {spec.settings.population} members, {concurrency} at a time, interval {interval} steps of "
           f"{run.train.steps}; the uniform run's validation: {json.dumps(baseline['validation'])}", flush=True)
     setup = MemberSetup(out=str(out), cwd=str(Path.cwd()), config_path=spec.config_path, overrides=overrides,

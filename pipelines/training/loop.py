@@ -123,9 +123,11 @@ class GeneralistStage(Stage):
                                out_dir=Path(folder), max_images=run.train.validation_rows, meteor=False,
                                num_cpus=run.scale.threads_per_worker, precision=run.train.precision,
                                figures=False)
-        return {f"val/{task}/{headline.metric}": float(metrics[task][headline.metric])
-                for task in run.tasks if task in metrics for headline in TASKS[task].headline_metrics()
-                if isinstance(metrics[task].get(headline.metric), (int, float))}
+        # Each task's own metric (what Tune's objective compares) and its headline ones (the report's columns).
+        names = {task: dict.fromkeys([TASKS[task].metric, *(h.metric for h in TASKS[task].headline_metrics())])
+                 for task in run.tasks}
+        return {f"val/{task}/{name}": float(metrics[task][name]) for task in run.tasks if task in metrics
+                for name in names[task] if isinstance(metrics[task].get(name), (int, float))}
 
     def window(self, *, task, speed, seconds, elapsed):
         fields = {"steps_per_s": speed, "workers": self.world_size, "lr": self.optimizer.param_groups[0]["lr"],

@@ -75,3 +75,10 @@ def _overrides(population) -> list[str]:
     from unip2 import config_io
 
     return config_io.load(PbtSpec, population.out / "pbt.yaml").overrides
+
+
+def test_a_population_the_cluster_cannot_train_at_once_is_refused(ray_local, embedded_data, tmp_path, capsys):
+    # Quick members reserve 0.45 CPU each and one CPU stays free for Ray Data: two fit the test's 2 CPUs, not three.
+    code = pbt.main(["--quick", "--population", "3", "--out", str(tmp_path / "pbt"), f"data.root={embedded_data}"])
+    error = capsys.readouterr().err
+    assert code == 2 and "population" in error and "3 members must train at once" in error, error
