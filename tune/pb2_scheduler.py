@@ -20,15 +20,13 @@ class KeepsTheLastStepPB2(PB2):
         return super().on_trial_result(tune_controller, trial, result)
 
 
-def flat_bounds(params: dict, prefix: str = "") -> dict:
-    """Nested Tune domains → {"a/b/c": [lower, upper]} (PB2's ``hyperparam_bounds``)."""
-    flat = {}
-    for key, value in params.items():
-        flat |= flat_bounds(value, f"{prefix}{key}/") if isinstance(value, dict) else {
-            prefix + key: [value.lower, value.upper]}
-    return flat
+def bounds_of(params: dict) -> dict:
+    """Nested Tune domains → the same nesting of [lower, upper] (PB2's ``hyperparam_bounds``, nested like the
+    config it fills)."""
+    return {key: bounds_of(value) if isinstance(value, dict) else [value.lower, value.upper]
+            for key, value in params.items()}
 
 
 def pb2_scheduler(mutations: dict, *, last_step: int, time_attr: str, **options) -> KeepsTheLastStepPB2:
     return KeepsTheLastStepPB2(last_step=last_step, step_key=time_attr, time_attr=time_attr,
-                               hyperparam_bounds=flat_bounds(mutations), **options)
+                               hyperparam_bounds=bounds_of(mutations), **options)

@@ -13,7 +13,7 @@ drawn from the search space (``tune/search_space.py``). Every member validates e
 relative to the uniform run's (ω = s = 1) at the same step (``tune.objective``; the uniform run is trained once,
 ``baseline.json``). Ray Tune's ``PopulationBasedTraining`` then lets the worst quantile copy a better member's
 checkpoint (weights, optimizer, step, its schedule so far) and perturb its values (``--scheduler pb2``: PB2's
-bandit instead of random perturbation, where GPy and scikit-learn are installed). A member's values are a schedule
+bandit instead of random perturbation, with the pb2 extra's GPy and scikit-learn). A member's values are a schedule
 (``{step: value}`` pieces, ``unip2.schedules``) that replays exactly, so the best member's whole lineage trains
 again from ``best.yaml``. Writes into ``--out``: ``best.yaml``, ``results.md`` / ``results.json`` (every member:
 objective, each task's metric, its schedule), ``pbt.png`` (each member's ω_k, s_k, lr over steps, and the

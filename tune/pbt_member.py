@@ -29,8 +29,7 @@ from tune.search_space import flat_params
 from unip2.schedules import with_piece
 
 MEMBER_FILE = "member.json"
-TRAIN_FOLDER = "train"
-"""Inside a member's Tune checkpoint: the Train checkpoint folder it was reported with."""
+"""Written into the Train checkpoint a member reports, which is the member's Tune checkpoint as it is."""
 STEP = "step"
 """Result key of the training step a report was made at (PBT's time attribute)."""
 
@@ -46,6 +45,8 @@ class MemberSetup:
     config_path: str | None
     overrides: list[str] = field(default_factory=list)
     """The base run's overrides (stage-1 encoders included): every member trains this config."""
+    steps: int = 0
+    """The base run's ``train.steps``: where every member ends."""
     interval: int = 100
     """Steps between reports (Tune's perturbation interval, the validations)."""
     baseline: dict = field(default_factory=dict)
@@ -85,10 +86,10 @@ def run_member(config: dict, *, setup: MemberSetup) -> None:
         with restored.as_directory() as directory:
             member = json.loads((Path(directory) / MEMBER_FILE).read_text())
             resume_from = out / "start"
-            shutil.copytree(Path(directory) / TRAIN_FOLDER, resume_from)
-    step, base = member["step"], load_steps(setup)
+            shutil.copytree(directory, resume_from)
+    step, base = member["step"], setup.steps
     if step >= base:  # copied at the last step: the member ends as that copy (its result and checkpoint)
-        _report(member, member["scores"], member["objective"], config, resume_from.parent / "finished", resume_from)
+        _report(member, member["scores"], member["objective"], config, resume_from)
         return
     schedule = continue_schedule(member["schedule"], step, flat_params(config))
     while step < base:
@@ -111,21 +112,13 @@ def run_member(config: dict, *, setup: MemberSetup) -> None:
         member = {"step": step, "schedule": schedule, "run_dir": str(run_dir), "scores": scores,
                   "objective": objective}
         with result.checkpoint.as_directory() as directory:
-            _report(member, scores, objective, config, out / f"report_{step}", Path(directory))
+            _report(member, scores, objective, config, Path(directory))
 
 
-def _report(member: dict, scores: dict, objective: float, config: dict, folder: Path, train_checkpoint: Path) -> None:
-    """Report the member's step to Tune with its checkpoint: the Train checkpoint and ``member.json``."""
-    shutil.copytree(train_checkpoint, folder / TRAIN_FOLDER)
-    (folder / MEMBER_FILE).write_text(json.dumps(member, indent=2))
+def _report(member: dict, scores: dict, objective: float, config: dict, train_checkpoint: Path) -> None:
+    """Report the member's step to Tune with the Train checkpoint as its checkpoint, ``member.json`` written into
+    it: Tune copies it once into the experiment's storage (no staging copy of a model-sized folder)."""
+    (train_checkpoint / MEMBER_FILE).write_text(json.dumps(member, indent=2))
     ray.tune.report({STEP: member["step"], OBJECTIVE: objective, **scores,
                      **{f"value/{key}": float(value) for key, value in flat_params(config).items()}},
-                    checkpoint=ray.tune.Checkpoint.from_directory(str(folder)))
-    shutil.rmtree(folder, ignore_errors=True)  # Tune keeps its own copy in the experiment's storage
-
-
-def load_steps(setup: MemberSetup) -> int:
-    """The base run's ``train.steps``."""
-    from unip2.run_config import load_run_config
-
-    return load_run_config(setup.config_path, setup.overrides).train.steps
+                    checkpoint=ray.tune.Checkpoint.from_directory(str(train_checkpoint)))

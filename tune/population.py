@@ -102,7 +102,7 @@ def check_pbt(spec: PbtSpec) -> RunConfig:
             import GPy  # noqa: F401
             import sklearn  # noqa: F401
         except ImportError:
-            raise ConfigError("scheduler", "pb2 needs GPy and scikit-learn (pip install GPy scikit-learn); "
+            raise ConfigError("scheduler", "pb2 needs GPy and scikit-learn (pip install -e '.[pb2]'); "
                                            "pbt needs nothing more") from None
     param_space(spec.space, run)
     return run
@@ -152,7 +152,7 @@ def make_scheduler(spec: PbtSpec, run: RunConfig, interval: int):
         from tune.pb2_scheduler import pb2_scheduler
 
         return pb2_scheduler(mutations, last_step=run.train.steps, time_attr=STEP, metric=OBJECTIVE, mode="max",
-                             perturbation_interval=interval, quantile_fraction=settings.quantile_fraction)
+                             perturbation_interval=interval, quantile_fraction=settings.quantile_fraction, synch=True)
     return KeepsTheLastStep(
         last_step=run.train.steps, time_attr=STEP, metric=OBJECTIVE, mode="max", perturbation_interval=interval,
         hyperparam_mutations=mutations, quantile_fraction=settings.quantile_fraction,
@@ -215,7 +215,8 @@ def run_pbt(spec: PbtSpec | None, out: str | Path, *, address: str | None = None
     print(f"[pbt] {spec.settings.population} members, {concurrency} at a time, interval {interval} steps of "
           f"{run.train.steps}; the uniform run's validation: {json.dumps(baseline['validation'])}", flush=True)
     setup = MemberSetup(out=str(out), cwd=str(Path.cwd()), config_path=spec.config_path, overrides=overrides,
-                        interval=interval, baseline=baseline["validation"], floor=spec.settings.floor)
+                        steps=run.train.steps, interval=interval, baseline=baseline["validation"],
+                        floor=spec.settings.floor)
     before = orphaned_groups.live_actor_groups()
     sweeper = orphaned_groups.OrphanedGroupSweeper()
     started = time.time()

@@ -12,6 +12,7 @@ import yaml
 
 from tune.objective import OBJECTIVE, metric_key
 from tune.pbt_member import MEMBER_FILE, STEP, schedule_overrides
+from tune.results import as_number, table_cell
 from unip2 import config_io
 from unip2.run_config import RunConfig, load_run_config
 from unip2.schedules import pieces
@@ -27,10 +28,10 @@ def member_rows(grid, tasks: list[str]) -> list[dict]:
             member = json.loads((Path(directory) / MEMBER_FILE).read_text())
         history = result.metrics_dataframe
         rows.append({"member": _trial_id(result.path), "step": member["step"], "checkpoint": result.checkpoint.path,
-                     OBJECTIVE: _number(result.metrics.get(OBJECTIVE)),
-                     **{metric_key(task): _number(result.metrics.get(metric_key(task))) for task in tasks},
+                     OBJECTIVE: as_number(result.metrics.get(OBJECTIVE)),
+                     **{metric_key(task): as_number(result.metrics.get(metric_key(task))) for task in tasks},
                      "schedule": member["schedule"],
-                     "objective_by_step": {int(s): _number(o) for s, o in zip(history[STEP], history[OBJECTIVE])}
+                     "objective_by_step": {int(s): as_number(o) for s, o in zip(history[STEP], history[OBJECTIVE])}
                      if history is not None and STEP in history else {}})
     rows.sort(key=lambda row: (-row["step"], -(row[OBJECTIVE] if row[OBJECTIVE] is not None else -math.inf)))
     return rows
@@ -82,8 +83,8 @@ def results_markdown(rows: list[dict], tasks: list[str], steps: int) -> str:
         constant = {key: value for key, value in row["schedule"].items() if not isinstance(value, dict)}
         shown = "; ".join([f"{_short(k)} {_pieces(v)}" for k, v in changed.items()]
                           + [f"{_short(k)} {v:.3g}" for k, v in constant.items()])
-        lines.append(f"| {row['member']} | {row['step']} | {_cell(row[OBJECTIVE])} | "
-                     + " | ".join(_cell(row[key]) for key in keys) + f" | {shown} |")
+        lines.append(f"| {row['member']} | {row['step']} | {table_cell(row[OBJECTIVE])} | "
+                     + " | ".join(table_cell(row[key]) for key in keys) + f" | {shown} |")
     return "\n".join(lines) + "\n"
 
 
@@ -126,15 +127,3 @@ def _short(key: str) -> str:
 
 def _pieces(schedule: dict) -> str:
     return ", ".join(f"{start}: {value:.3g}" for start, value in pieces(schedule))
-
-
-def _number(value) -> float | None:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(value) else value
-
-
-def _cell(value) -> str:
-    return "–" if value is None else f"{value:.3g}"

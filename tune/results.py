@@ -58,14 +58,14 @@ def baseline_row(baseline: dict) -> dict:
 
 def ranked(rows: list[dict], metric: str) -> list[dict]:
     """Completed trials first, best ``metric`` first; then the others in their order."""
-    done = [r for r in rows if r["status"] == COMPLETED and _number(r.get(metric)) is not None]
+    done = [r for r in rows if r["status"] == COMPLETED and as_number(r.get(metric)) is not None]
     rest = [r for r in rows if r not in done]
     return sorted(done, key=lambda r: -r[metric]) + rest
 
 
 def pareto_set(rows: list[dict], keys: list[str]) -> list[str]:
     """Trials of the completed rows that no other completed row beats on every key (higher is better)."""
-    points = [(r["trial"], [_number(r.get(k)) or 0.0 for k in keys]) for r in rows if r["status"] == COMPLETED]
+    points = [(r["trial"], [as_number(r.get(k)) or 0.0 for k in keys]) for r in rows if r["status"] == COMPLETED]
     front = []
     for name, p in points:
         dominated = any(all(a >= b for a, b in zip(q, p)) and any(a > b for a, b in zip(q, p)) for _, q in points)
@@ -95,7 +95,7 @@ def markdown_table(rows: list[dict], tasks: list[str]) -> str:
     short = {k: k.removeprefix("tasks.").replace(".sampling_weight", ".s").replace(".omega", ".ω") for k in keys}
     lines = ["| " + " | ".join(short[k] for k in keys) + " |", "|" + "---|" * len(keys)]
     for row in rows:
-        lines.append("| " + " | ".join(_cell(row.get(k)) for k in keys) + " |")
+        lines.append("| " + " | ".join(table_cell(row.get(k)) for k in keys) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -113,19 +113,19 @@ def plot(rows: list[dict], tasks: list[str], path: Path, *, metric: str) -> Path
     figure, (lines, bars) = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [3, 2]})
     x = list(range(len(keys)))
     for row in trials:
-        values = [_number(row.get(k)) or 0.0 for k in keys]
+        values = [as_number(row.get(k)) or 0.0 for k in keys]
         if row["trial"] in front:
             lines.plot(x, values, "o-", linewidth=2, label=f"{row['trial']} (Pareto)")
         else:
             lines.plot(x, values, "o-", color="0.7", linewidth=1)
     for row in rows:
         if row["trial"] == "baseline":
-            lines.plot(x, [_number(row.get(k)) or 0.0 for k in keys], "k--", linewidth=1.5, label="baseline ω=s=1")
+            lines.plot(x, [as_number(row.get(k)) or 0.0 for k in keys], "k--", linewidth=1.5, label="baseline ω=s=1")
     lines.set_xticks(x, [k.replace("/", "\n") for k in keys], fontsize=8)
     lines.set_ylabel("validation metric")
     lines.set_title("per-task metrics of every trial (Pareto set in colour)")
     lines.legend(fontsize=7)
-    shown = [r for r in rows if _number(r.get(metric)) is not None]
+    shown = [r for r in rows if as_number(r.get(metric)) is not None]
     colours = ["tab:orange" if r["trial"] in front else ("black" if r["trial"] == "baseline" else "0.6") for r in shown]
     bars.barh([r["trial"] for r in shown], [r[metric] for r in shown], color=colours)
     bars.invert_yaxis()
@@ -154,7 +154,7 @@ def write_outputs(rows: list[dict], tasks: list[str], out: Path, *, metric: str,
 def best_row(rows: list[dict], metric: str) -> dict | None:
     """The completed trial (not the baseline) with the highest ``metric``, if any."""
     trials = ranked([r for r in rows if r["trial"] != "baseline"], metric)
-    if trials and trials[0]["status"] == COMPLETED and _number(trials[0].get(metric)) is not None:
+    if trials and trials[0]["status"] == COMPLETED and as_number(trials[0].get(metric)) is not None:
         return trials[0]
     return None
 
@@ -171,7 +171,7 @@ def write_best_config(row: dict, *, config_path: str | None, overrides: list[str
     return path
 
 
-def _number(value) -> float | None:
+def as_number(value) -> float | None:
     try:
         value = float(value)
     except (TypeError, ValueError):
@@ -179,7 +179,7 @@ def _number(value) -> float | None:
     return None if math.isnan(value) else value
 
 
-def _cell(value) -> str:
+def table_cell(value) -> str:
     if isinstance(value, float):
         return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
     return "" if value is None else str(value)

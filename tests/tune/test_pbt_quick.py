@@ -17,7 +17,6 @@ from pipelines.training.trainer import fit
 from tune import pbt
 from tune.objective import OBJECTIVE
 from tune.population_report import best_run_config
-from tune.pbt_member import TRAIN_FOLDER
 from unip2.run_config import load_run_config
 from unip2.schedules import pieces
 
@@ -63,7 +62,7 @@ def test_an_exploited_member_trains_again_from_its_schedule_to_the_same_weights(
     run, out, root = prepare_run(str(tmp_path / "again.yaml"), [], out=str(tmp_path / "again"))
     checkpoint = fit(run, out=out, data_root=root)
     again = load_file(str(checkpoint / "model" / "model.safetensors"))
-    member = load_file(str(Path(row["checkpoint"]) / TRAIN_FOLDER / "model" / "model.safetensors"))
+    member = load_file(str(Path(row["checkpoint"]) / "model" / "model.safetensors"))
     assert again.keys() == member.keys()
     for key in again:
         assert torch.allclose(again[key], member[key], atol=1e-6), key
