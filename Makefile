@@ -7,7 +7,8 @@ ARGS ?=
 setup:
 	@bash scripts/setup_env.sh
 
-# Headless Chromium for the Serve demo page's browser test (Debian packages; needs root the first time).
+# Headless Chromium for the Serve demo page's browser test (Debian packages, as root or through password-less sudo;
+# otherwise it says how and the suite runs, that one test failing until then).
 browser:
 	@bash scripts/install_browser.sh
 

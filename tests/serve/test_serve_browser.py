@@ -33,7 +33,7 @@ class Browser:
 
         executable = shutil.which("chromium") or shutil.which("chromium-browser")
         if executable is None:
-            pytest.fail("chromium is not installed: run scripts/install_browser.sh (the CI set-up does)")
+            pytest.fail("chromium is not installed: run 'sudo make browser' once (make test installs it when run as root)")
         self.process = subprocess.Popen(
             [executable, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
              "--no-first-run", "--no-default-browser-check", "--disable-background-networking",
