@@ -1,6 +1,6 @@
 """Deploy the Serve config with the code of a job's working directory: run it as a Ray job,
 
-    ray job submit --working-dir . -- python serve/deploy.py serve/config.yaml [checkpoint=/mnt/shared/.../checkpoint]
+    ray job submit --working-dir . -- python -m serve.deploy serve/config.yaml [checkpoint=/mnt/shared/.../checkpoint]
 
 exactly as training is submitted. ``serve deploy`` alone sends a config that names no code: the replicas import
 whatever ``serve.app`` the nodes had when they started, so code edited after ``ray up`` never reaches them. Here
@@ -20,11 +20,7 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # `python serve/deploy.py` puts serve/ first on the path, not the repository
-    sys.path.insert(0, str(REPO))
-
-from serve.app import AppArgs  # noqa: E402  (after the path fix above)
+from serve.app import AppArgs
 
 
 def with_working_dir(config: dict, working_dir: str, overrides: dict[str, str]) -> dict:
@@ -61,16 +57,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("config", help="the Serve config (serve/config.yaml)")
     parser.add_argument("args", nargs="*", help="key=value replacing the applications' args, e.g. checkpoint=...")
     options = parser.parse_args(argv)
+    config = yaml.safe_load(Path(options.config).read_text())
+    overrides = parse_overrides(options.args)
+    with_working_dir(config, "gcs://checked_before_connecting.zip", overrides)  # refuse bad arguments first
     import ray
     from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
 
     context = ray.init(address="auto", logging_level="ERROR", log_to_driver=False)
     working_dir = ray.get_runtime_context().runtime_env.get("working_dir")
     if not working_dir:
-        raise SystemExit("error: no working directory: run this as `ray job submit --working-dir . -- python "
-                         "serve/deploy.py ...`")
-    config = with_working_dir(yaml.safe_load(Path(options.config).read_text()),
-                              working_dir, parse_overrides(options.args))
+        raise SystemExit("error: no working directory: run this as `ray job submit --working-dir . -- python -m "
+                         "serve.deploy ...`")
+    config = with_working_dir(config, working_dir, overrides)
     ServeSubmissionClient(f"http://{context.dashboard_url}").deploy_applications(config)
     names = ", ".join(application["name"] for application in config["applications"])
     print(f"[serve] deployed {names} with the code of {working_dir} (serve status shows it starting)", flush=True)

@@ -6,6 +6,8 @@ DistributedDataParallel wrapper around it then synchronizes gradients for every 
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import math
 
 import torch
@@ -49,6 +51,20 @@ def compile_model(model: nn.Module) -> nn.Module:
     for name in COMPILED_MODULES:
         getattr(model, name).compile(dynamic=False)
     return model
+
+
+@contextmanager
+def running_eagerly(model: nn.Module):
+    """Inside, the compiled modules run their plain forward: a validation of a few images would otherwise compile
+    every task's inference graphs (minutes on a CPU) for seconds of work. Their compiled graphs stay for training."""
+    saved = {name: getattr(model, name)._compiled_call_impl for name in COMPILED_MODULES}
+    for name in saved:
+        getattr(model, name)._compiled_call_impl = None
+    try:
+        yield model
+    finally:
+        for name, compiled in saved.items():
+            getattr(model, name)._compiled_call_impl = compiled
 
 
 def build_optimizer(model: nn.Module, *, name: str, lr: float, betas: tuple[float, float], eps: float,

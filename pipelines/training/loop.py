@@ -25,7 +25,8 @@ from unip2.precision import autocast, describe, resolve_precision
 from unip2.schedules import value_at
 from unip2.tasks import TASKS
 from unip2.tasks.base import local_gather
-from unip2.training_setup import TaskLoss, compile_model, learning_rate, optimizer_for, set_learning_rate
+from unip2.training_setup import (TaskLoss, compile_model, learning_rate, optimizer_for, running_eagerly,
+                                  set_learning_rate)
 from unip2.training_step import TrainingStep
 
 
@@ -118,7 +119,9 @@ class GeneralistStage(Stage):
         from pipelines.evaluation.pipeline import evaluate  # the evaluation's own path, in this process
 
         run = self.spec.run
-        with tempfile.TemporaryDirectory() as folder:  # the metric files; the model stays in memory
+        # The metric files go to a temporary folder; the model stays in memory, run eagerly (a compiled run's
+        # graphs are for training steps).
+        with tempfile.TemporaryDirectory() as folder, running_eagerly(self.model):
             metrics = evaluate(None, self.spec.data_root, split="val", tasks=list(run.tasks), model=self.model,
                                out_dir=Path(folder), max_images=run.train.validation_rows, meteor=False,
                                num_cpus=run.scale.threads_per_worker, precision=run.train.precision,

@@ -7,7 +7,7 @@ import torch
 import unip2
 from unip2.tasks import TASKS
 from unip2.tasks.base import to_device_function
-from unip2.training_setup import COMPILED_MODULES, TaskLoss, compile_model
+from unip2.training_setup import COMPILED_MODULES, TaskLoss, compile_model, running_eagerly
 
 
 def test_compiled_model_matches_the_plain_one(tiny_config):
@@ -30,6 +30,15 @@ def test_compiled_model_matches_the_plain_one(tiny_config):
     assert torch.allclose(losses[0], losses[1], rtol=1e-4, atol=1e-5)
     assert torch.allclose(grads[0], grads[1], rtol=1e-3, atol=1e-6)
     assert all(getattr(compiled, name)._compiled_call_impl is not None for name in COMPILED_MODULES)
+
+    # Validation runs the same modules eagerly (no new graphs for a few images), then training's graphs are back.
+    compiled_calls = {name: getattr(compiled, name)._compiled_call_impl for name in COMPILED_MODULES}
+    torch._dynamo.utils.counters.clear()
+    with running_eagerly(compiled), torch.no_grad():
+        eager_loss, _ = TaskLoss(compiled)("classification", batch)
+    assert not torch._dynamo.utils.counters["stats"]["calls_captured"]  # nothing traced
+    assert torch.allclose(eager_loss, losses[0], rtol=1e-4, atol=1e-5)
+    assert {name: getattr(compiled, name)._compiled_call_impl for name in COMPILED_MODULES} == compiled_calls
 
 
 def test_to_device_on_cpu_is_a_view_of_the_array():
