@@ -2,8 +2,8 @@
 
     python pipelines/evaluate.py --checkpoint runs/<run>/checkpoint --out runs/<run>/eval
     python pipelines/evaluate.py --checkpoint runs/<run>/ray/<run>/checkpoint_0000600 --split test --out eval-test
-    python pipelines/evaluate.py --checkpoint runs/tiny/model --data data/shapes-parquet --out runs/tiny/eval
-    python pipelines/evaluate.py --checkpoint runs/tiny/model --data data/shapes-parquet --tasks detection,captioning \\
+    python pipelines/evaluate.py --checkpoint runs/<run>/checkpoint --data data/shapes-parquet --out runs/<run>/eval
+    python pipelines/evaluate.py --checkpoint runs/<run>/checkpoint --data data/shapes-parquet --tasks detection,captioning \\
         --max-images 64 --fast --out /tmp/eval
     python pipelines/evaluate.py --checkpoint ckpt --data /data/unip2-parquet --split test \\
         --tasks captioning,retrieval --concurrency 4 --batch-size 32 --out eval-test

@@ -2,7 +2,7 @@
 FastAPI ingress (proxy → replica, one hop), with a dynamic batching queue per task route.
 
     serve run serve.app:build_app checkpoint=runs/<run>/checkpoint           # http://127.0.0.1:8000/
-    serve run serve.app:build_app checkpoint=runs/<run>/checkpoint gallery=.cache/unip2/shapes-seed0/parquet
+    serve run serve.app:build_app checkpoint=runs/<run>/checkpoint gallery=.cache/unip2/shapes-v2-seed0/parquet
     serve deploy serve/config.yaml                                     # against a running Ray cluster
 
 Our folder is the top-level package ``serve``; Ray's is always imported as ``from ray import serve``.

@@ -1,7 +1,7 @@
 """The Serve application: ``build_app`` binds the model deployment (itself the HTTP ingress) from typed arguments.
 
     serve run serve.app:build_app checkpoint=runs/<run>/checkpoint
-    serve run serve.app:build_app checkpoint=runs/<run>/checkpoint gallery=.cache/unip2/shapes-seed0/parquet max_batch_size=32
+    serve run serve.app:build_app checkpoint=runs/<run>/checkpoint gallery=.cache/unip2/shapes-v2-seed0/parquet max_batch_size=32
     serve run serve.app:build_app checkpoint=runs/<run>/checkpoint min_replicas=1 max_replicas=4
     UNIP2_SERVE_TOKEN=secret serve run serve.app:build_app checkpoint=runs/<run>/checkpoint
     serve deploy serve/config.yaml
