@@ -47,11 +47,14 @@ def cluster(tmp_path_factory):
                # Token authentication is Ray's to test: its token files are per machine, this cluster is per test.
                RAY_AUTH_MODE="disabled")
     gcs, dashboard = free_port(), free_port()
+    # Ports Ray would otherwise take at fixed defaults (the dashboard agent's 52365, Ray Client's 10001), which
+    # another Ray on this machine (the test session's own) may already hold.
+    fixed = [f"--dashboard-agent-listen-port={free_port()}", f"--ray-client-server-port={free_port()}"]
     log = tmp_path_factory.mktemp("head") / "ray_start.log"
     with log.open("w") as output:
         head = subprocess.Popen([str(BIN / "ray"), "start", "--head", "--block", f"--port={gcs}",
                                  "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-                                 f"--dashboard-port={dashboard}", "--num-cpus=2", "--disable-usage-stats"],
+                                 f"--dashboard-port={dashboard}", *fixed, "--num-cpus=2", "--disable-usage-stats"],
                                 cwd=tmp_path_factory.mktemp("elsewhere"), env=env, stdout=output,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     try:
