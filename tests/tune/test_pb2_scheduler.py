@@ -23,6 +23,8 @@ from tune.search_space import SearchSpace, flat_params, param_space
 from unip2.run_config import load_run_config
 
 STEPS, INTERVAL, MEMBERS = 6, 2, 2
+# Tune's advice to reuse actors: members are never reused on purpose (tune/population.py filters it the same way).
+pytestmark = pytest.mark.filterwarnings("ignore:Consider boosting PBT performance")
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Tune's actors cannot import a test module
 
