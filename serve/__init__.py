@@ -3,7 +3,8 @@ FastAPI ingress (proxy → replica, one hop), with a dynamic batching queue per 
 
     serve run serve.app:build_app checkpoint=runs/<run>/checkpoint           # http://127.0.0.1:8000/
     serve run serve.app:build_app checkpoint=runs/<run>/checkpoint gallery=.cache/unip2/shapes-v2-seed0/parquet
-    serve deploy serve/config.yaml                                     # against a running Ray cluster
+    ray job submit --working-dir . -- python -m serve.deploy serve/config.yaml checkpoint=...   # on a cluster
+    serve deploy serve/config.yaml                                     # with the code the nodes already hold
 
 Our folder is the top-level package ``serve``; Ray's is always imported as ``from ray import serve``.
 Nothing here does model math: requests go through the tasks' own preprocess → collate → predict.
