@@ -16,4 +16,4 @@ train: setup
 	$(VENV_PYTHON) pipelines/train.py $(ARGS)
 
 test: setup browser
-	$(VENV_PYTHON) -m pytest -q $(ARGS)
+	$(VENV_PYTHON) -m pytest -q -n 2 --dist loadgroup $(ARGS)

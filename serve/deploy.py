@@ -23,23 +23,27 @@ from pydantic import ValidationError
 from serve.app import AppArgs
 
 
-def with_working_dir(config: dict, working_dir: str, overrides: dict[str, str]) -> dict:
-    """The config with every application's ``runtime_env.working_dir`` and ``args`` overrides set."""
-    config = dict(config)
+def with_arguments(config: dict, overrides: dict[str, str]) -> dict:
+    """The config with ``overrides`` replacing its applications' ``args``, each application's args validated: a
+    wrong one is refused here, naming the field, before anything connects or deploys."""
     applications = []
     for application in config.get("applications") or []:
-        application = dict(application)
-        application["runtime_env"] = {**(application.get("runtime_env") or {}), "working_dir": working_dir}
-        application["args"] = {**(application.get("args") or {}), **overrides}
-        try:  # a wrong argument is refused here, naming the field, before anything is deployed
+        application = {**application, "args": {**(application.get("args") or {}), **overrides}}
+        try:
             AppArgs.model_validate(application["args"])
         except ValidationError as error:
             raise SystemExit(f"error: application {application.get('name')!r}: {error}") from None
         applications.append(application)
     if not applications:
         raise SystemExit("error: the config has no applications")
-    config["applications"] = applications
-    return config
+    return {**config, "applications": applications}
+
+
+def with_working_dir(config: dict, working_dir: str) -> dict:
+    """The config with every application's ``runtime_env.working_dir`` set (beside its own runtime_env)."""
+    return {**config, "applications": [
+        {**application, "runtime_env": {**(application.get("runtime_env") or {}), "working_dir": working_dir}}
+        for application in config["applications"]]}
 
 
 def parse_overrides(items: list[str]) -> dict[str, str]:
@@ -58,8 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("args", nargs="*", help="key=value replacing the applications' args, e.g. checkpoint=...")
     options = parser.parse_args(argv)
     config = yaml.safe_load(Path(options.config).read_text())
-    overrides = parse_overrides(options.args)
-    with_working_dir(config, "gcs://checked_before_connecting.zip", overrides)  # refuse bad arguments first
+    config = with_arguments(config, parse_overrides(options.args))
     import ray
     from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
 
@@ -68,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     if not working_dir:
         raise SystemExit("error: no working directory: run this as `ray job submit --working-dir . -- python -m "
                          "serve.deploy ...`")
-    config = with_working_dir(config, working_dir, overrides)
+    config = with_working_dir(config, working_dir)
     ServeSubmissionClient(f"http://{context.dashboard_url}").deploy_applications(config)
     names = ", ".join(application["name"] for application in config["applications"])
     print(f"[serve] deployed {names} with the code of {working_dir} (serve status shows it starting)", flush=True)

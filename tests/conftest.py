@@ -2,6 +2,11 @@
 
 Ray is started once for the whole session (not per test) with the environment measured to work on
 2-core machines (../shared/RAY_NOTES.md): listeners on 127.0.0.1, no usage stats, fast Train reports.
+
+``make test`` runs two pytest processes (pytest-xdist, ``--dist loadgroup``): every test on that Ray runs in one
+of them, so there is still one Ray; each other module runs whole in either, beside it. Most of the suite's time is
+spent waiting on processes starting (Ray's workers, Serve, subprocess runs), which leaves the cores free for the
+other process.
 """
 
 from __future__ import annotations
@@ -16,6 +21,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 import pytest  # noqa: E402
+
+SHARED_RAY = "shared_ray"
+
+
+def pytest_itemcollected(item):
+    """Under ``--dist loadgroup``: the tests using ``ray_local`` form one group, each other module one group (set as
+    each test is collected, before xdist reads the groups)."""
+    if getattr(item.config.option, "loadgroup", False):  # set in xdist's workers for --dist loadgroup
+        group = SHARED_RAY if "ray_local" in item.fixturenames else item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="session")
@@ -145,3 +160,4 @@ def web_shards(tmp_path_factory):
     write_shard(root / "web_more", 5, [sample(5, i, f"one more pair {i}", txt=False) for i in range(6)])
     return {"web": root / "web", "web_more": root / "web_more", "captions": captions,
             "skipped": {"empty_caption": 1, "missing_caption": 1, "undecodable_image": 1}}
+

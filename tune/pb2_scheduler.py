@@ -3,21 +3,17 @@ needs GPy and scikit-learn (not installed by default)."""
 
 from __future__ import annotations
 
-from ray.tune.schedulers import TrialScheduler
 from ray.tune.schedulers.pb2 import PB2
 
+from tune.last_step import LeavesTheLastStepAlone
 
-class KeepsTheLastStepPB2(PB2):
-    """PB2 that leaves a member alone at the run's last step (as ``tune.population.KeepsTheLastStep``)."""
 
-    def __init__(self, *, last_step: int, step_key: str, **options):
+class KeepsTheLastStepPB2(LeavesTheLastStepAlone, PB2):
+    """PB2 that leaves a member alone at the run's last step."""
+
+    def __init__(self, *, last_step: int, **options):
         super().__init__(**options)
-        self.last_step, self.step_key = last_step, step_key
-
-    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
-        if result.get(self.step_key, 0) >= self.last_step:
-            return TrialScheduler.CONTINUE
-        return super().on_trial_result(tune_controller, trial, result)
+        self.last_step = last_step
 
 
 def bounds_of(params: dict) -> dict:
@@ -28,5 +24,5 @@ def bounds_of(params: dict) -> dict:
 
 
 def pb2_scheduler(mutations: dict, *, last_step: int, time_attr: str, **options) -> KeepsTheLastStepPB2:
-    return KeepsTheLastStepPB2(last_step=last_step, step_key=time_attr, time_attr=time_attr,
+    return KeepsTheLastStepPB2(last_step=last_step, time_attr=time_attr,
                                hyperparam_bounds=bounds_of(mutations), **options)

@@ -12,11 +12,12 @@ from typing import Literal
 
 import ray
 import ray.tune
-from ray.tune.schedulers import PopulationBasedTraining, TrialScheduler
+from ray.tune.schedulers import PopulationBasedTraining
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from pipelines.run import ray_runtime
 from tune import orphaned_groups
+from tune.last_step import LeavesTheLastStepAlone
 from tune.objective import FLOOR, OBJECTIVE
 from tune.pbt_member import STEP, MemberSetup, run_member, validation_scores
 from tune.population_report import write_outputs
@@ -131,18 +132,12 @@ def measure_baseline(spec: PbtSpec, out: Path, interval: int) -> dict:
     return measured
 
 
-class KeepsTheLastStep(PopulationBasedTraining):
-    """PBT that leaves a member alone at the run's last step: nothing is left to train there, and a copy then would
-    only replace the member's own lineage by another's."""
+class KeepsTheLastStep(LeavesTheLastStepAlone, PopulationBasedTraining):
+    """PBT that leaves a member alone at the run's last step."""
 
     def __init__(self, *, last_step: int, **options):
         super().__init__(**options)
         self.last_step = last_step
-
-    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
-        if result.get(STEP, 0) >= self.last_step:
-            return TrialScheduler.CONTINUE
-        return super().on_trial_result(tune_controller, trial, result)
 
 
 def make_scheduler(spec: PbtSpec, run: RunConfig, interval: int):

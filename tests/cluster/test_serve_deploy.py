@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,18 +23,12 @@ import pytest
 import requests
 import yaml
 
-from serve.local_run import wait_ready
+from serve.local_run import free_port, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 CPU_ARGS = ["model_num_gpus=0", "model_num_cpus=0.5", "ingress_num_cpus=0.25", "min_replicas=1", "max_replicas=1",
             "warmup=false"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from json_close import close
 from PIL import Image
 
 from serve.local_run import wait_ready
@@ -85,7 +86,6 @@ def test_the_curl_line_gets_an_answer_from_the_served_checkpoint(served, photo):
 
 
 def test_the_python_lines_return_what_the_route_returns(served, photo, tiny_checkpoint, monkeypatch):
-    from test_serve_endpoints import close
 
     (code,) = [block for lang, block in quickstart_blocks() if lang == "python"]
     *statements, last = [line for line in code.replace(CHECKPOINT, str(tiny_checkpoint)).splitlines() if line]

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import requests
+from json_close import close
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 
@@ -284,17 +285,6 @@ def test_a_killed_model_replica_is_replaced(base_url, images):
 
 
 # ------------------------------------------------------------------------- model.predict (no Serve)
-def close(a, b, tolerance: float = 1e-4) -> bool:
-    """Equal JSON, numbers to ``tolerance`` (the replica and this process may sum in another order)."""
-    if isinstance(a, dict):
-        return isinstance(b, dict) and a.keys() == b.keys() and all(close(a[k], b[k], tolerance) for k in a)
-    if isinstance(a, list):
-        return isinstance(b, list) and len(a) == len(b) and all(close(x, y, tolerance) for x, y in zip(a, b))
-    if isinstance(a, float) or isinstance(b, float):
-        return abs(a - b) <= tolerance * max(1.0, abs(a))
-    return a == b
-
-
 def test_model_predict_returns_what_each_route_returns(base_url, tiny_checkpoint, images):
     import unip2
     from unip2.tasks.preprocessing import UndecodableImage
