@@ -81,11 +81,15 @@ def tiny_checkpoint(tiny_config, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """One local Ray for the whole test run, 2 CPUs, dashboard off."""
+    """One local Ray for the whole test run, 2 CPUs, dashboard off (its processes ask no other Ray's dashboard:
+    ``pipelines.run.ray_runtime.NO_STATE_API``)."""
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             configure_logging=False)
+    from pipelines.run.ray_runtime import spawning_local_ray
+
+    with spawning_local_ray():
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)
     yield ray
     ray.shutdown()
 

@@ -53,11 +53,36 @@ LOCAL_ENVIRONMENT = {
     "RAY_enable_metrics_collection": "0",  # every Ray process's metrics export to the node's agent, ditto
 }
 
+# A local Ray has no dashboard, so nothing answers its State API, and Ray's default address for it is the
+# dashboard's default port: another Ray's dashboard on this machine, if one runs there. Train's placement-group
+# cleaner asks that address whether the run's controller lives, hears "not found" from the other Ray, and removes
+# the running workers' group (seen: a run's workers killed and restarted while a second Ray ran beside it). A
+# local Ray's processes get an address where nothing listens: the cleaner then waits, as without any dashboard.
+NO_STATE_API = {"RAY_API_SERVER_ADDRESS": "http://127.0.0.1:0"}
+
+import contextlib  # noqa: E402
+
 import ray  # noqa: E402
 
 from pipelines.run.logs import RunLogs  # noqa: E402
 
 _connection: dict = {}  # what connect() started: {"logs": RunLogs | None, "session_dir": str | None}
+
+
+@contextlib.contextmanager
+def spawning_local_ray():
+    """Around ``ray.init`` of a local Ray: its processes (spawned now) inherit ``NO_STATE_API``; this process's
+    environment is as before afterwards, so a later connection to a cluster's dashboard is not redirected."""
+    saved = {key: os.environ.get(key) for key in NO_STATE_API}
+    os.environ.update(NO_STATE_API)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def connect(address: str | None = None, *, log_dir: str | os.PathLike | None = None) -> None:
@@ -75,8 +100,9 @@ def connect(address: str | None = None, *, log_dir: str | os.PathLike | None = N
     logs = RunLogs(log_dir) if log_dir is not None else None
     try:
         # "local" starts a fresh Ray even if another one runs on this machine (never join one by accident).
-        context = ray.init(address=address or "local", include_dashboard=False if address is None else None,
-                           runtime_env={"env_vars": {k: os.environ[k] for k in RAY_ENVIRONMENT}})
+        with spawning_local_ray() if address is None else contextlib.nullcontext():
+            context = ray.init(address=address or "local", include_dashboard=False if address is None else None,
+                               runtime_env={"env_vars": {k: os.environ[k] for k in RAY_ENVIRONMENT}})
     except BaseException:
         if logs is not None:
             logs.close()

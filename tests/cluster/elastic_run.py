@@ -19,7 +19,7 @@ from pathlib import Path
 
 from multinode_run import NODE_CPUS, NODE_MEMORY, OVERRIDES, parse_args, train_once
 
-from pipelines.run import ray_runtime  # noqa: F401  (sets Ray's environment before ray is imported)
+from pipelines.run import ray_runtime  # noqa: E402  (sets Ray's environment before ray is imported)
 import ray  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
@@ -52,6 +52,7 @@ def main() -> int:
     data = Path(args.data)
 
     started = time.time()
+    os.environ.update(ray_runtime.NO_STATE_API)  # the simulated nodes' processes ask no other Ray's dashboard
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": NODE_CPUS, "resources": {"node_a": 1}, "include_dashboard": False, **NODE_MEMORY})
     cluster.wait_for_nodes()

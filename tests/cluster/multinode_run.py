@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the loop hooks
 
-from pipelines.run import ray_runtime  # noqa: F401,E402  (sets Ray's environment before ray is imported)
+from pipelines.run import ray_runtime  # noqa: E402  (sets Ray's environment before ray is imported)
 import ray  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
@@ -103,6 +103,7 @@ def main() -> int:
     storage, out = work / "shared_storage", work / "run"
 
     started = time.time()
+    os.environ.update(ray_runtime.NO_STATE_API)  # the simulated nodes' processes ask no other Ray's dashboard
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": NODE_CPUS, "resources": {"node_a": 1}, "include_dashboard": False, **NODE_MEMORY})
     second = cluster.add_node(num_cpus=NODE_CPUS, resources={"node_b": 1}, **NODE_MEMORY)

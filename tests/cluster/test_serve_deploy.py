@@ -101,7 +101,7 @@ def wait_for_page(url: str, marker: str, timeout_s: float = 180.0) -> str:
             page = requests.get(url + "/", timeout=10).text
             if marker in page:
                 return page
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # the app restarting on a loaded machine: ask again
             pass
         time.sleep(1.0)
     pytest.fail(f"{marker!r} not served within {timeout_s:.0f} s; last page ends {page[-300:]!r}")

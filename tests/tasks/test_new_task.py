@@ -83,8 +83,9 @@ from serve.local_run import run_local, stop_local
 
 checkpoint, image = sys.argv[1], sys.argv[2]
 model = unip2.load(checkpoint)
-ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
-         runtime_env={"env_vars": dict(ray_runtime.RAY_ENVIRONMENT)})
+with ray_runtime.spawning_local_ray():
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+             runtime_env={"env_vars": dict(ray_runtime.RAY_ENVIRONMENT)})
 try:
     url = run_local(build_app(AppArgs(checkpoint=checkpoint, model_num_cpus=0.5, ingress_num_cpus=0.25,
                                       warmup=False)), name="count")
