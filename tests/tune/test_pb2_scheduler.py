@@ -24,7 +24,11 @@ from unip2.run_config import load_run_config
 
 STEPS, INTERVAL, MEMBERS = 6, 2, 2
 # Tune's advice to reuse actors: members are never reused on purpose (tune/population.py filters it the same way).
-pytestmark = pytest.mark.filterwarnings("ignore:Consider boosting PBT performance")
+# Other libraries' advice and notices while PB2 fits its Gaussian process (Tune's reuse-actors hint, scikit-learn's
+# kernel bounds on a handful of points, SciPy's deprecation of an option Ray's PB2 passes).
+pytestmark = [pytest.mark.filterwarnings("ignore:Consider boosting PBT performance"),
+              pytest.mark.filterwarnings("ignore:The optimal value found for dimension"),
+              pytest.mark.filterwarnings("ignore:scipy.optimize. The .disp. and .iprint. options:DeprecationWarning")]
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Tune's actors cannot import a test module
 
