@@ -50,7 +50,13 @@ def live_actor_groups() -> set[str]:
             and e.creator_actor_id != b"\xff" * len(e.creator_actor_id)}
 
 
-def settle(before: set[str], *, timeout_s: float = 30.0) -> list[str]:
+SETTLE_TIMEOUT_S = 90.0
+"""Ray gives a stopped actor 30 s to exit before it kills it, and the trial's Train controller dies with the trial
+actor, after it: on a loaded machine a last stopped trial's group was orphaned 30+ s after the sweep ended, too late
+for a 30 s wait, and kept its CPUs for the rest of the Ray session. Only waited out while such a creator lives."""
+
+
+def settle(before: set[str], *, timeout_s: float = SETTLE_TIMEOUT_S) -> list[str]:
     """After a sweep: wait until no group created during it (not in ``before``) has a live creator, removing
     orphans as they appear; returns the removed ids. Trial actors stop asynchronously, their controllers after."""
     removed, deadline = [], time.time() + timeout_s
