@@ -7,7 +7,8 @@ or stopped trial's actor to the next trial instead (``reset_config``). A trial t
 so without more the reset would wait 2 s, fail, and fail the next trial with it. Here the trial asks its Train
 run to end, and the run ends itself:
 
-- ``reset_config`` (``reusable``) writes ``<run folder>/STOP`` and waits for the trial function to return;
+- ``reset_config`` (``reusable``) writes ``<run folder>/STOP`` and waits for the trial function to return (and
+  so does ``cleanup``, when Tune stops the actor of a stopped trial that no other trial follows);
 - ``StopWatcher`` runs in the trial's Train controller (started by the trial's report callback at its first
   report: Tune stops trials on results, so never before one). It polls for that file and kills its own
   controller actor; the worker actors are the controller's and go with it, and ``fit()`` raises in the trial.
@@ -92,6 +93,13 @@ def reusable(trainable_cls: type) -> type:
         def reset_config(self, new_config):
             stop_running_trial()
             return super().reset_config(new_config)
+
+        def cleanup(self):
+            # A stopped trial that no other trial follows: its actor is stopped, not reset. Tune's cleanup does not
+            # wait for the trial function, so the Train run went on until the actor process was gone, and its
+            # worker group outlived the sweep on a loaded machine. End the run first, as a reset does.
+            stop_running_trial()
+            return super().cleanup()
 
     ReusableTrial.__name__ = ReusableTrial.__qualname__ = trainable_cls.__name__
     return ReusableTrial
