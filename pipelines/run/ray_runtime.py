@@ -16,6 +16,7 @@ dashboard or a cluster (``LOCAL_ENVIRONMENT``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 # Measured on small machines (../shared/RAY_NOTES.md): keep listeners on loopback for a local Ray, no
@@ -59,8 +60,6 @@ LOCAL_ENVIRONMENT = {
 # the running workers' group (seen: a run's workers killed and restarted while a second Ray ran beside it). A
 # local Ray's processes get an address where nothing listens: the cleaner then waits, as without any dashboard.
 NO_STATE_API = {"RAY_API_SERVER_ADDRESS": "http://127.0.0.1:0"}
-
-import contextlib  # noqa: E402
 
 import ray  # noqa: E402
 
