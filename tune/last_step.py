@@ -9,7 +9,9 @@ from ray.tune.schedulers import TrialScheduler
 class LeavesTheLastStepAlone:
     """Put before a PBT-family scheduler in the bases; ``last_step`` is in the scheduler's ``time_attr`` units."""
 
-    last_step: int
+    def __init__(self, *, last_step: int, **options):
+        super().__init__(**options)
+        self.last_step = last_step
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         if result.get(self._time_attr, 0) >= self.last_step:

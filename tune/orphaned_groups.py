@@ -51,9 +51,10 @@ def live_actor_groups() -> set[str]:
 
 
 SETTLE_TIMEOUT_S = 90.0
-"""Ray gives a stopped actor 30 s to exit before it kills it, and the trial's Train controller dies with the trial
-actor, after it: on a loaded machine a last stopped trial's group was orphaned 30+ s after the sweep ended, too late
-for a 30 s wait, and kept its CPUs for the rest of the Ray session. Only waited out while such a creator lives."""
+"""How long a sweep waits for the groups of its stopped trials to lose their creators. Measured on a loaded machine:
+a last stopped trial's Train controller was still alive 60 s after the sweep returned, and its group kept its CPUs
+for the rest of the Ray session. The cause is fixed where trials stop (``tune.trial_stop`` ends the run in Tune's
+cleanup); this wait is the bound for what remains. Only waited out while such a creator lives."""
 
 
 def settle(before: set[str], *, timeout_s: float = SETTLE_TIMEOUT_S) -> list[str]:

@@ -11,10 +11,6 @@ from tune.last_step import LeavesTheLastStepAlone
 class KeepsTheLastStepPB2(LeavesTheLastStepAlone, PB2):
     """PB2 that leaves a member alone at the run's last step."""
 
-    def __init__(self, *, last_step: int, **options):
-        super().__init__(**options)
-        self.last_step = last_step
-
 
 def bounds_of(params: dict) -> dict:
     """Nested Tune domains → the same nesting of [lower, upper] (PB2's ``hyperparam_bounds``, nested like the

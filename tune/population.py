@@ -135,10 +135,6 @@ def measure_baseline(spec: PbtSpec, out: Path, interval: int) -> dict:
 class KeepsTheLastStep(LeavesTheLastStepAlone, PopulationBasedTraining):
     """PBT that leaves a member alone at the run's last step."""
 
-    def __init__(self, *, last_step: int, **options):
-        super().__init__(**options)
-        self.last_step = last_step
-
 
 def make_scheduler(spec: PbtSpec, run: RunConfig, interval: int):
     settings = spec.settings
