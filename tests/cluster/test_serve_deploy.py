@@ -25,6 +25,8 @@ import yaml
 
 from serve.local_run import free_port, wait_ready
 
+from ctrl_c import sigint_as_from_a_terminal
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 CPU_ARGS = ["model_num_gpus=0", "model_num_cpus=0.5", "ingress_num_cpus=0.25", "min_replicas=1", "max_replicas=1",
@@ -49,7 +51,7 @@ def cluster(tmp_path_factory):
                                  "--include-dashboard=true", "--dashboard-host=127.0.0.1",
                                  f"--dashboard-port={dashboard}", *fixed, "--num-cpus=2", "--disable-usage-stats"],
                                 cwd=tmp_path_factory.mktemp("elsewhere"), env=env, stdout=output,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+                                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=sigint_as_from_a_terminal)
     try:
         address = f"http://127.0.0.1:{dashboard}"
         deadline = time.monotonic() + 120

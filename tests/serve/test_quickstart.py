@@ -21,6 +21,8 @@ from PIL import Image
 
 from serve.local_run import wait_ready
 
+from ctrl_c import sigint_as_from_a_terminal
+
 ROOT = Path(__file__).resolve().parents[2]
 URL = "http://127.0.0.1:8000"
 CHECKPOINT = "runs/<run>/checkpoint"
@@ -57,7 +59,7 @@ def served(tiny_checkpoint, tmp_path_factory):
     with log.open("w") as output:
         process = subprocess.Popen(["bash", "-c", "exec " + serve_line.replace(CHECKPOINT, str(tiny_checkpoint))],
                                    cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+                                   start_new_session=True, preexec_fn=sigint_as_from_a_terminal)
     try:
         wait_ready(URL, 300)
         yield serve_line

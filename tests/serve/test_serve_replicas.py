@@ -32,6 +32,8 @@ from PIL import Image
 
 from serve.local_run import wait_ready
 
+from ctrl_c import sigint_as_from_a_terminal
+
 ROOT = Path(__file__).resolve().parents[2]
 REPLICAS = 2
 CLIENTS = 6
@@ -50,7 +52,7 @@ def base_url(tiny_checkpoint, tmp_path_factory):
                "max_ongoing_requests=4", "max_queued_requests=4", "warmup=false"]
     with log.open("w") as output:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+                                   start_new_session=True, preexec_fn=sigint_as_from_a_terminal)
     try:
         wait_ready(URL, 300)
         wait_for_replicas(REPLICAS)
