@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -25,7 +24,7 @@ import yaml
 
 from serve.local_run import free_port, wait_ready
 
-from ctrl_c import sigint_as_from_a_terminal
+from ctrl_c import press_ctrl_c, sigint_as_from_a_terminal
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -65,11 +64,7 @@ def cluster(tmp_path_factory):
             time.sleep(0.5)
         yield {"env": {**env, "RAY_ADDRESS": address}, "address": address}
     finally:
-        head.send_signal(signal.SIGINT)  # Ctrl+C: `ray start --block` stops every process it started
-        try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
+        press_ctrl_c(head, timeout_s=60)  # `ray start --block` stops every process it started
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import tempfile
 from pathlib import Path
@@ -21,7 +20,7 @@ from PIL import Image
 
 from serve.local_run import wait_ready
 
-from ctrl_c import sigint_as_from_a_terminal
+from ctrl_c import press_ctrl_c, sigint_as_from_a_terminal
 
 ROOT = Path(__file__).resolve().parents[2]
 URL = "http://127.0.0.1:8000"
@@ -64,11 +63,7 @@ def served(tiny_checkpoint, tmp_path_factory):
         wait_ready(URL, 300)
         yield serve_line
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+        press_ctrl_c(process, timeout_s=90)
 
 
 def test_the_set_up_commands_are_the_makefiles():

@@ -32,7 +32,7 @@ from PIL import Image
 
 from serve.local_run import wait_ready
 
-from ctrl_c import sigint_as_from_a_terminal
+from ctrl_c import press_ctrl_c, sigint_as_from_a_terminal
 
 ROOT = Path(__file__).resolve().parents[2]
 REPLICAS = 2
@@ -58,11 +58,7 @@ def base_url(tiny_checkpoint, tmp_path_factory):
         wait_for_replicas(REPLICAS)
         yield URL
     finally:
-        process.send_signal(signal.SIGINT)  # Ctrl+C: serve run shuts the app and its Ray down
-        try:
-            process.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+        press_ctrl_c(process, timeout_s=90)  # serve run shuts the app and its Ray down
         print("\n[serve run] " + "\n[serve run] ".join(log.read_text(errors="replace").splitlines()[-5:]))
 
 
